@@ -1,0 +1,262 @@
+"""The one logging entry point of the suite.
+
+``get_logger`` gives the console logger (rich, on stderr). ``RunLogger`` fans metrics and events out to the
+sinks of one run: the console, a JSONL event log in the run folder, and optionally wandb (offline by
+default, never needing a login). ``make_run_logger`` builds it from the ``logger`` config group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from common.errors import ConfigError
+
+_ROOT = "suite"
+LOGGER_KINDS = ("none", "wandb_offline", "wandb")
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    """A child of the ``suite`` logger; the first call installs the rich console handler.
+
+    The level comes from ``SUITE_LOG_LEVEL`` (default ``INFO``).
+    """
+    root = logging.getLogger(_ROOT)
+    if not getattr(root, "_suite_configured", False):
+        root.setLevel(os.environ.get("SUITE_LOG_LEVEL", "INFO").upper())
+        try:
+            from rich.console import Console
+            from rich.logging import RichHandler
+
+            handler: logging.Handler = RichHandler(
+                console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
+            )
+            handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+        except ImportError:  # pragma: no cover - rich is a dependency
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+        root.propagate = False
+        root._suite_configured = True  # type: ignore[attr-defined]
+    return root if not name else root.getChild(name)
+
+
+class Sink(Protocol):
+    """What a run logger writes to."""
+
+    def log(self, metrics: Mapping[str, float], step: int | None, step_name: str) -> None: ...
+
+    def summary(self, metrics: Mapping[str, float]) -> None: ...
+
+    def event(self, kind: str, data: Mapping[str, Any]) -> None: ...
+
+    def finish(self, status: str) -> None: ...
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class ConsoleSink:
+    """Per-step lines and the final summary on the console logger."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or get_logger("run")
+
+    def log(self, metrics: Mapping[str, float], step: int | None, step_name: str) -> None:
+        head = f"{step_name} {step}: " if step is not None else ""
+        self.logger.info(head + "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+
+    def summary(self, metrics: Mapping[str, float]) -> None:
+        self.logger.info("summary: " + "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+
+    def event(self, kind: str, data: Mapping[str, Any]) -> None:
+        self.logger.info(f"{kind}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in data.items()))
+
+    def finish(self, status: str) -> None:
+        pass
+
+
+class JsonlSink:
+    """Appends one JSON object per line to ``events.jsonl`` in the run folder (flushed on every line)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        obj = {"t": round(time.time(), 3), **obj}
+        self._fh.write(json.dumps(obj, default=_jsonable, allow_nan=False) + "\n")
+        self._fh.flush()
+
+    def log(self, metrics: Mapping[str, float], step: int | None, step_name: str) -> None:
+        self._write({"kind": "metrics", "step_name": step_name, "step": step, "metrics": _clean(metrics)})
+
+    def summary(self, metrics: Mapping[str, float]) -> None:
+        self._write({"kind": "summary", "metrics": _clean(metrics)})
+
+    def event(self, kind: str, data: Mapping[str, Any]) -> None:
+        self._write({"kind": kind, **_clean(data)})
+
+    def finish(self, status: str) -> None:
+        if not self._fh.closed:
+            self._write({"kind": "finish", "status": status})
+            self._fh.close()
+
+
+class WandbSink:
+    """Weights & Biases, ``offline`` (default: files under the run folder, no network, no login) or ``online``.
+
+    Logs the resolved config, groups the runs of a sweep (``group``), declares a step metric per series
+    (``round``, ``layer``, ...) and finishes the run so that the next multirun job starts a fresh one.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        config: Mapping[str, Any],
+        project: str,
+        mode: str = "offline",
+        group: str | None = None,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        entity: str | None = None,
+    ) -> None:
+        import wandb
+
+        self._wandb = wandb
+        self._defined: set[str] = set()
+        os.environ.setdefault("WANDB_SILENT", "true")
+        if mode == "offline":
+            os.environ["WANDB_MODE"] = "offline"
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            mode=mode,
+            dir=str(run_dir),
+            config=dict(config),
+            group=group,
+            name=name,
+            tags=list(tags),
+            reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True, save_code=False),
+        )
+
+    def log(self, metrics: Mapping[str, float], step: int | None, step_name: str) -> None:
+        data = dict(_clean(metrics))
+        if step is not None:
+            if step_name not in self._defined:
+                self._wandb.define_metric(step_name)
+                for key in data:
+                    self._wandb.define_metric(key, step_metric=step_name)
+                self._defined.add(step_name)
+            data[step_name] = step
+        self.run.log(data)
+
+    def summary(self, metrics: Mapping[str, float]) -> None:
+        for k, v in _clean(metrics).items():
+            self.run.summary[k] = v
+
+    def event(self, kind: str, data: Mapping[str, Any]) -> None:
+        pass
+
+    def finish(self, status: str) -> None:
+        self.run.finish(exit_code=0 if status == "complete" else 1)
+
+
+class RunLogger:
+    """Fans one run's metrics and events out to its sinks. Use as a context manager or call ``finish``."""
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks = list(sinks)
+        self._finished = False
+
+    def log(self, metrics: Mapping[str, float], step: int | None = None, step_name: str = "step") -> None:
+        """Log metrics of one step (a round, a layer); ``step_name`` names the x-axis."""
+        for s in self.sinks:
+            s.log(metrics, step, step_name)
+
+    def summary(self, metrics: Mapping[str, float]) -> None:
+        for s in self.sinks:
+            s.summary(metrics)
+
+    def event(self, kind: str, **data: Any) -> None:
+        for s in self.sinks:
+            s.event(kind, data)
+
+    def finish(self, status: str = "complete") -> None:
+        if self._finished:
+            return
+        self._finished = True
+        for s in self.sinks:
+            s.finish(status)
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.finish("complete" if exc_type is None else "failed")
+
+
+def make_run_logger(
+    logger_cfg: Mapping[str, Any] | None,
+    run_dir: str | os.PathLike[str],
+    config: Mapping[str, Any],
+    default_group: str | None = None,
+    default_name: str | None = None,
+    console: bool = True,
+) -> RunLogger:
+    """Build the sinks of one run from the ``logger`` config group.
+
+    ``logger_cfg.kind`` is ``none`` (console + JSONL), ``wandb_offline`` or ``wandb`` (both add wandb).
+    The JSONL log is always written to ``run_dir/events.jsonl``.
+    """
+    cfg = dict(logger_cfg or {"kind": "none"})
+    kind = cfg.get("kind", "none")
+    if kind not in LOGGER_KINDS:
+        raise ConfigError("logger.kind", f"expected one of {LOGGER_KINDS}, got {kind!r}")
+    sinks: list[Sink] = []
+    if console:
+        sinks.append(ConsoleSink())
+    sinks.append(JsonlSink(Path(run_dir) / "events.jsonl"))
+    if kind != "none":
+        sinks.append(
+            WandbSink(
+                run_dir,
+                config,
+                project=cfg.get("project") or "moe-fedgeo-bench",
+                mode="offline" if kind == "wandb_offline" else cfg.get("mode", "online"),
+                group=cfg.get("group") or default_group,
+                name=cfg.get("name") or default_name,
+                tags=cfg.get("tags") or (),
+                entity=cfg.get("entity"),
+            )
+        )
+    return RunLogger(sinks)
+
+
+def _jsonable(obj: Any) -> Any:
+    try:
+        return float(obj)
+    except (TypeError, ValueError):
+        return str(obj)
+
+
+def _clean(d: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,33 @@
+"""``python -m runners.moe mode=place|stats ...``: the MoE placement benchmark.
+
+``mode=stats`` (runners.moe_stats): routing statistics and heatmaps of a trace.
+``mode=place`` (runners.moe_place, the default): profile on one part of a trace, place, evaluate on the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import hydra
+from omegaconf import DictConfig
+
+from common.experiment import RunContext, RunOutput
+from runners.hydra_entry import CONF_DIR, fail, run_from_hydra
+
+MODES = {"stats": "runners.moe_stats", "place": "runners.moe_place"}
+
+
+def body(ctx: RunContext) -> RunOutput:
+    mode = ctx.config.get("mode")
+    if mode not in MODES:
+        fail(f"config key 'mode': expected one of {sorted(MODES)}, got {mode!r}")
+    return importlib.import_module(MODES[mode]).run(ctx)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="moe", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_from_hydra(cfg, "moe", body)
+
+
+if __name__ == "__main__":
+    main()
