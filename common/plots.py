@@ -1,0 +1,66 @@
+"""Bar and line plots (PNG, matplotlib's Agg backend) from aggregated rows and series."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common.aggregate import Row  # noqa: E402
+from common.atomic import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def bar_plot(
+    rows: Sequence[Row],
+    by: Sequence[str],
+    metric: str,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> Path:
+    """One bar per group (mean, with std as the error bar) of ``metric``; written atomically as PNG."""
+    rows = [r for r in rows if metric in r.mean]
+    labels = [", ".join(str(r.key[k]) for k in by) for r in rows]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 3.6))
+    ax.bar(range(len(rows)), [r.mean[metric] for r in rows], yerr=[r.std[metric] for r in rows], capsize=3)
+    ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(title or metric)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def line_plot(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | os.PathLike[str],
+    xlabel: str = "step",
+    ylabel: str = "value",
+    title: str | None = None,
+) -> Path:
+    """One line per label (mean, shaded ± std) over steps 0..n-1; written atomically as PNG."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, (mean, std) in curves.items():
+        x = list(range(len(mean)))
+        ax.plot(x, mean, label=label, linewidth=1.4)
+        lo = [m - s for m, s in zip(mean, std, strict=True)]
+        hi = [m + s for m, s in zip(mean, std, strict=True)]
+        ax.fill_between(x, lo, hi, alpha=0.15)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or ylabel)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
