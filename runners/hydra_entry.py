@@ -80,3 +80,29 @@ def run_from_hydra(cfg: DictConfig, suite: str, body: Callable[[RunContext], Run
         )
     except SuiteError as exc:
         fail(str(exc))
+
+
+def check_group_overrides(argv: list[str], conf_dir: str = CONF_DIR) -> None:
+    """Refuse ``group=option`` overrides whose option file does not exist, in one line, before Hydra runs.
+
+    Handles sweeps (``placement=a,b``), ``+group=x`` and ``group=null``. Other overrides are left to Hydra.
+    """
+    conf = Path(conf_dir)
+    groups = {p.relative_to(conf).as_posix() for p in conf.rglob("*") if p.is_dir()}
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in groups or value in ("", "null") or "(" in value:
+            continue
+        options = sorted(p.stem for p in (conf / key).glob("*.yaml"))
+        for v in value.split(","):
+            if v not in options:
+                fail(f"config group '{key}' has no option '{v}' (choose from: {', '.join(options)})")
+
+
+def hydra_cli(main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` function after checking the command line's group overrides."""
+    check_group_overrides(sys.argv[1:])
+    main()

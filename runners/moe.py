@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from common.experiment import RunContext, RunOutput
-from runners.hydra_entry import CONF_DIR, fail, run_from_hydra
+from runners.hydra_entry import CONF_DIR, fail, hydra_cli, run_from_hydra
 
 MODES = {"stats": "runners.moe_stats", "place": "runners.moe_place"}
 
@@ -30,4 +30,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_cli(main)

@@ -1,0 +1,144 @@
+"""``python -m runners.reproduce [quick|full|bench]``: the reviewer's command.
+
+Runs the sweeps behind every reproduced table (Hydra multirun of the ``experiment/`` presets), aggregates
+them into ``results/<mode>/``, compares with the papers' reported numbers, and prints where each table is.
+Every job runs with ``resume=true`` against its own sweep folder, so an interrupted reproduction picks up
+where it stopped: completed jobs are not run again.
+
+- ``quick``: small token counts, few seeds, short solver limits; minutes on a laptop-class CPU.
+- ``full``: the presets as written (paper-scale settings where this machine allows).
+- ``bench``: the benchmarks (solver times, statistics and cost-model throughput, GGEUR timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.aggregate import group, load_records, write_tables
+from common.atomic import atomic_write_text
+from common.log import get_logger
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Step:
+    """One reproduced table: a multirun of a preset, then its tables."""
+
+    name: str
+    runner: str  # module, e.g. runners.moe
+    preset: str  # conf/experiment/<preset>.yaml
+    by: list[str]  # group-by keys of the generic table
+    metrics: list[str]
+    quick: list[str] = field(default_factory=list)  # extra overrides in quick mode
+    full: list[str] = field(default_factory=list)
+    report: Callable[[list[dict], Path], list[Path]] | None = None  # paper comparison, from record dicts
+
+
+def _moe_report(records: list[dict], out: Path) -> list[Path]:
+    from moe.report import moe_comparison_table
+
+    return moe_comparison_table(records, out)
+
+
+def _fed_report(records: list[dict], out: Path) -> list[Path]:
+    from fedgeo.report import fed_comparison_table
+
+    return fed_comparison_table(records, out)
+
+
+STEPS: list[Step] = []
+BENCHMARKS: list[str] = []
+
+
+def _register() -> None:
+    """The steps; kept in one place so the README's table list and this file agree."""
+    from runners.reproduce_steps import BENCHMARK_MODULES, steps
+
+    STEPS.extend(steps(_moe_report, _fed_report))
+    BENCHMARKS.extend(BENCHMARK_MODULES)
+
+
+def run_step(step: Step, mode: str, out_root: Path, sweep_root: Path, dry_run: bool = False) -> list[Path]:
+    """Run one step's multirun (resumable) and write its tables; returns the files written."""
+    log = get_logger("reproduce")
+    sweep = sweep_root / mode / step.name
+    overrides = step.quick if mode == "quick" else step.full
+    cmd = [
+        sys.executable, "-m", step.runner, "-m", f"experiment={step.preset}",
+        f"hydra.sweep.dir={sweep}", "resume=true", f"resume_dir={sweep}", *overrides,
+    ]  # fmt: skip
+    log.info(f"[{step.name}] {' '.join(cmd[1:])}")
+    if dry_run:
+        return []
+    t0 = time.perf_counter()
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "WANDB_MODE": "offline", "SUITE_PROGRESS": "0"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: step '{step.name}' failed with exit status {proc.returncode}")
+    records, problems = load_records([sweep])
+    for p in problems:
+        log.warning(f"skipped: {p}")
+    out = out_root / mode / step.name
+    written = write_tables(group(records, step.by, step.metrics), step.by, out)
+    if step.report is not None:
+        dicts = [{**r.record.to_dict(), "path": str(r.path)} for r in records]
+        written += step.report(dicts, out_root / mode / f"{step.name}_vs_paper")
+    log.info(f"[{step.name}] {len(records)} runs in {time.perf_counter() - t0:.0f} s")
+    return written
+
+
+def run_benchmarks(out_root: Path, dry_run: bool = False) -> list[Path]:
+    log = get_logger("reproduce")
+    written = []
+    for module in BENCHMARKS:
+        log.info(f"[bench] python -m {module}")
+        if dry_run:
+            continue
+        proc = subprocess.run([sys.executable, "-m", module], cwd=REPO, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: benchmark '{module}' failed with exit status {proc.returncode}")
+        written.append(out_root / "bench" / module.split(".")[-1])
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m runners.reproduce", description=__doc__.splitlines()[0])
+    ap.add_argument("mode", nargs="?", default="quick", choices=["quick", "full", "bench"])
+    ap.add_argument("--only", nargs="*", default=None, help="step names to run (default: all)")
+    ap.add_argument("--out", default=str(REPO / "results"), help="where tables go (default: results/)")
+    ap.add_argument("--sweeps", default=str(REPO / "multirun" / "reproduce"), help="where the runs go")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = ap.parse_args(argv)
+    _register()
+    out_root, sweep_root = Path(args.out), Path(args.sweeps)
+    if args.mode == "bench":
+        run_benchmarks(out_root, args.dry_run)
+        return 0
+    names = [s.name for s in STEPS]
+    unknown = sorted(set(args.only or []) - set(names))
+    if unknown:
+        print(f"error: --only: unknown step(s) {unknown}; steps are {names}", file=sys.stderr)
+        return 2
+    written: list[Path] = []
+    for step in STEPS:
+        if args.only is None or step.name in args.only:
+            written += run_step(step, args.mode, out_root, sweep_root, args.dry_run)
+    if not args.dry_run:
+        index = "\n".join(f"- {p.relative_to(out_root) if p.is_relative_to(out_root) else p}" for p in written)
+        atomic_write_text(out_root / args.mode / "INDEX.md", f"# Tables written by `reproduce {args.mode}`\n\n{index}\n")
+        print(f"\nTables ({args.mode}) under {out_root / args.mode}:")
+        for p in written:
+            print(f"  {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
