@@ -77,3 +77,15 @@ def test_experiment_preset_composes(root, name, tmp_path):
 def test_logger_group(kind, tmp_path):
     for root in ROOTS:
         assert _compose(root, [f"logger={kind}"], tmp_path).logger.kind == kind
+
+
+@pytest.mark.parametrize("launcher, target", [("sequential", "BasicLauncher"), ("parallel", "JoblibLauncher")])
+def test_launchers_compose(launcher, target, tmp_path):
+    cfg = _compose("moe", [f"hydra/launcher={launcher}"], tmp_path)
+    assert cfg.hydra.launcher._target_.endswith(target)
+
+
+def test_slurm_launcher_composes_when_plugin_installed(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="extra 'slurm' not installed")
+    cfg = _compose("moe", ["hydra/launcher=slurm"], tmp_path)
+    assert cfg.hydra.launcher.timeout_min == 60
