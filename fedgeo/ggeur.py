@@ -1,0 +1,439 @@
+"""GGEUR (Dai et al., CVPR 2025): class statistics, pooled covariance, class shapes, generation.
+
+Notation: C classes, d feature dimensions, K clients, D domains. The steps:
+
+1. ``client_stats``: per class, count ``n_ki``, mean ``mu_ki`` and covariance ``S_ki`` (divided by ``n_ki``).
+2. ``aggregate_stats``: ``N_i = sum_k n_ki``, ``mu_i = sum_k n_ki mu_ki / N_i`` and the pooled covariance
+   ``S_i = (sum_k n_ki S_ki + sum_k n_ki (mu_ki - mu_i)(mu_ki - mu_i)^T) / N_i``, which is exactly the
+   covariance of the union of all clients' samples of class i. It is computed in float64 by pairwise
+   merging (Chan et al.: ``M = M_a + M_b + delta delta^T n_a n_b / n``), which never subtracts large
+   second moments, so it stays accurate when the means are far from the origin.
+3. ``class_shapes``: eigendecomposition ``S_i = sum_m lam_m xi_m xi_m^T``; negative eigenvalues (round-off)
+   are clipped to 0.
+4. ``augment_client``: around each local sample ``x`` of class i, ``x_new = x + sum_m eps_m s(lam_m) xi_m``
+   with ``eps_m ~ N(0, 1)``. ``noise_scale="sqrt"`` (default, the official code: ``x_new ~ N(x, S_i)``, so
+   the noise has exactly the global covariance) or ``"lambda"`` (``s(lam) = lam`` as the paper writes;
+   the noise then has covariance ``sum lam^2 xi xi^T``, which is not scale-invariant).
+5. Multi-domain: ``client_prototypes`` / ``aggregate_prototypes`` give the class means per domain;
+   ``augment_from_prototypes`` draws samples around the other domains' prototypes with the global shape.
+
+Edge cases (none of them produces NaN or inf):
+
+- A class a client lacks: it contributes nothing to the statistics; ``augment_client`` generates nothing for
+  it (there is no local sample to expand); the prototype step can still give that client samples of it.
+- A class with one sample on a client: its local covariance is 0, its mean enters the pooled covariance
+  through the between-client term. A class with one sample in the whole federation has shape 0: the
+  generated samples equal their anchor.
+- A class absent everywhere: count 0, mean 0, covariance 0.
+- ``d`` above the sample count: the pooled covariance has rank below ``d``; its zero (and clipped)
+  eigenvalues give no noise, so samples are drawn in the span of the observed spread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.errors import ConfigError, InputError
+
+NOISE_SCALES = ("sqrt", "lambda")
+# Eigen-directions with lam <= _RANK_TOL * max(lam) are numerical zeros and get no noise.
+_RANK_TOL = 1e-12
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Per-class statistics.
+
+    Attributes:
+        counts: ``int64 [C]``.
+        means: ``float64 [C, d]`` (zero rows where the count is 0).
+        covs: ``float64 [C, d, d]``, population covariances (divided by the count; zero where count < 2).
+    """
+
+    counts: np.ndarray
+    means: np.ndarray
+    covs: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+
+def _check_xy(X: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise InputError(f"features must be [n, d] and labels [n]; got {X.shape} and {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise InputError(f"labels must lie in 0..{num_classes - 1}, got {y.min()}..{y.max()}")
+    if not np.all(np.isfinite(X)):
+        raise InputError("features hold NaN or inf")
+    return X, y.astype(np.int64)
+
+
+def client_stats(X: np.ndarray, y: np.ndarray, num_classes: int) -> ClassStats:
+    """Step 1 on one client: per-class count, mean and covariance (divided by n), in float64.
+
+    Args:
+        X: ``[n, d]`` features. y: ``[n]`` labels in ``0..num_classes-1``.
+    """
+    X, y = _check_xy(X, y, num_classes)
+    d = X.shape[1]
+    counts = np.bincount(y, minlength=num_classes).astype(np.int64)
+    means = np.zeros((num_classes, d))
+    covs = np.zeros((num_classes, d, d))
+    for c in np.flatnonzero(counts):
+        Xc = X[y == c].astype(np.float64)
+        mu = Xc.mean(axis=0)
+        Z = Xc - mu
+        means[c] = mu
+        covs[c] = Z.T @ Z / counts[c]
+    return ClassStats(counts, means, covs)
+
+
+class StatsAccumulator:
+    """Step 2, streaming: merges clients' ``ClassStats`` one at a time into the pooled statistics.
+
+    Holds ``float64 [C, d, d]`` once, so K clients need no K-fold memory.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        self.counts = np.zeros(num_classes, dtype=np.int64)
+        self.means = np.zeros((num_classes, dim))
+        self._m2 = np.zeros((num_classes, dim, dim))  # sum of squared deviations, n * S
+
+    def add(self, stats: ClassStats) -> None:
+        """Merge one client's statistics (same C and d)."""
+        if stats.counts.shape != self.counts.shape or stats.means.shape != self.means.shape:
+            raise InputError(
+                f"client statistics have {stats.num_classes} classes x {stats.dim} dims, "
+                f"expected {self.counts.size} x {self.means.shape[1]}"
+            )
+        for c in np.flatnonzero(stats.counts):
+            na, nb = int(self.counts[c]), int(stats.counts[c])
+            n = na + nb
+            delta = stats.means[c] - self.means[c]
+            self.means[c] += delta * (nb / n)
+            self._m2[c] += nb * stats.covs[c] + np.outer(delta, delta) * (na * nb / n)
+            self.counts[c] = n
+
+    def result(self) -> ClassStats:
+        """The pooled statistics: counts ``N_i``, means ``mu_i``, covariances ``S_i`` (symmetrised)."""
+        covs = np.zeros_like(self._m2)
+        for c in np.flatnonzero(self.counts):
+            S = self._m2[c] / self.counts[c]
+            covs[c] = (S + S.T) / 2
+        return ClassStats(self.counts.copy(), self.means.copy(), covs)
+
+
+def aggregate_stats(stats: Iterable[ClassStats]) -> ClassStats:
+    """Step 2: the server's pooled per-class statistics from every client's ``ClassStats``."""
+    acc: StatsAccumulator | None = None
+    for s in stats:
+        if acc is None:
+            acc = StatsAccumulator(s.num_classes, s.dim)
+        acc.add(s)
+    if acc is None:
+        raise InputError("aggregate_stats needs the statistics of at least one client")
+    return acc.result()
+
+
+@dataclass(frozen=True)
+class ClassShapes:
+    """Step 3: the geometric shape of every class.
+
+    Attributes:
+        eigvals: ``float64 [C, d]``, descending, all >= 0 (negatives clipped).
+        eigvecs: ``float64 [C, d, d]``; column ``m`` of ``eigvecs[c]`` is ``xi_m`` of class c.
+        counts: ``int64 [C]``, the global sample count ``N_i`` behind each shape.
+        clipped: how many negative eigenvalues were set to 0, over all classes.
+    """
+
+    eigvals: np.ndarray
+    eigvecs: np.ndarray
+    counts: np.ndarray
+    clipped: int = 0
+
+    def covariance(self, c: int) -> np.ndarray:
+        """``[d, d]``, the shape of class c as a covariance: ``V diag(lam) V^T``."""
+        V = self.eigvecs[c]
+        return (V * self.eigvals[c]) @ V.T
+
+
+def class_shapes(stats: ClassStats) -> ClassShapes:
+    """Step 3: eigendecomposition of each pooled covariance, negative eigenvalues clipped to 0."""
+    C, d = stats.num_classes, stats.dim
+    vals = np.zeros((C, d))
+    vecs = np.broadcast_to(np.eye(d), (C, d, d)).copy()
+    clipped = 0
+    for c in range(C):
+        if stats.counts[c] < 2:
+            continue
+        w, V = np.linalg.eigh(stats.covs[c])
+        clipped += int(np.sum(w < 0))
+        vals[c] = np.clip(w[::-1], 0.0, None)
+        vecs[c] = V[:, ::-1]
+    return ClassShapes(vals, vecs, stats.counts.copy(), clipped)
+
+
+def _check_noise_scale(noise_scale: str) -> None:
+    if noise_scale not in NOISE_SCALES:
+        raise ConfigError("augment.noise_scale", f"expected one of {NOISE_SCALES}, got {noise_scale!r}")
+
+
+def sample_around(
+    anchors: np.ndarray,
+    per_anchor: np.ndarray,
+    eigvals: np.ndarray,
+    eigvecs: np.ndarray,
+    noise_scale: str,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Draw ``per_anchor[j]`` samples around ``anchors[j]`` along one class shape (step 4).
+
+    Args:
+        anchors: ``[m, d]``. per_anchor: ``int [m]`` (>= 0).
+        eigvals: ``[d]`` (>= 0). eigvecs: ``[d, d]``, eigenvectors in columns.
+        noise_scale: ``sqrt`` or ``lambda``.
+        rng: the generator; the same state gives the same samples.
+
+    Returns:
+        ``float32 [sum(per_anchor), d]``, the samples of anchor 0 first, then anchor 1, ...
+    """
+    _check_noise_scale(noise_scale)
+    per_anchor = np.asarray(per_anchor, dtype=np.int64)
+    total = int(per_anchor.sum())
+    d = anchors.shape[1]
+    if total == 0:
+        return np.empty((0, d), dtype=np.float32)
+    lam = np.asarray(eigvals, dtype=np.float64)
+    keep = lam > _RANK_TOL * max(float(lam.max()), 0.0) if lam.size and lam.max() > 0 else np.zeros(d, bool)
+    scale = np.sqrt(lam[keep]) if noise_scale == "sqrt" else lam[keep]
+    basis = (eigvecs[:, keep] * scale).T.astype(np.float32)  # [r, d]
+    centers = np.repeat(np.asarray(anchors, dtype=np.float32), per_anchor, axis=0)
+    if basis.shape[0] == 0:
+        return centers
+    eps = rng.standard_normal((total, basis.shape[0]), dtype=np.float32)
+    return centers + eps @ basis
+
+
+def _check_counts(target_per_class: int | None, samples_per_original: int | None) -> None:
+    if (target_per_class is None) == (samples_per_original is None):
+        raise ConfigError(
+            "augment.target_per_class",
+            "set exactly one of augment.target_per_class and augment.samples_per_original (the other null)",
+        )
+    for key, v in (("target_per_class", target_per_class), ("samples_per_original", samples_per_original)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0):
+            raise ConfigError(f"augment.{key}", f"expected a non-negative integer or null, got {v!r}")
+
+
+def augment_client(
+    X: np.ndarray,
+    y: np.ndarray,
+    shapes: ClassShapes,
+    rng: np.random.Generator,
+    target_per_class: int | None = 500,
+    samples_per_original: int | None = None,
+    noise_scale: str = "sqrt",
+    keep_originals: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step 4 on one client: expand every local sample along its class's global shape.
+
+    Counts, per class i with ``n_i > 0`` local samples:
+      - ``target_per_class=T``: the class ends with ``max(T, n_i)`` samples when ``keep_originals``
+        (``T - n_i`` new ones, spread evenly over the originals, the remainder to random originals), or
+        exactly ``T`` generated ones when not.
+      - ``samples_per_original=s``: every original gets ``s`` new samples (``target_per_class`` must be None).
+    Classes with ``n_i = 0`` get nothing (no anchor; see the module docstring).
+
+    Returns:
+        ``(features float32 [m, d], labels int64 [m])``: the kept originals first, in input order, then the
+        generated samples class by class.
+    """
+    _check_counts(target_per_class, samples_per_original)
+    _check_noise_scale(noise_scale)
+    X, y = _check_xy(X, y, shapes.eigvals.shape[0])
+    if X.shape[1] != shapes.eigvals.shape[1]:
+        raise InputError(f"features have {X.shape[1]} dims, the class shapes {shapes.eigvals.shape[1]}")
+    feats = [X.astype(np.float32)] if keep_originals else []
+    labels = [y] if keep_originals else []
+    for c in range(shapes.eigvals.shape[0]):
+        rows = np.flatnonzero(y == c)
+        n = rows.size
+        if n == 0:
+            continue
+        if samples_per_original is not None:
+            per = np.full(n, int(samples_per_original), dtype=np.int64)
+        else:
+            m = max(int(target_per_class) - n, 0) if keep_originals else int(target_per_class)
+            per = np.full(n, m // n, dtype=np.int64)
+            per[rng.choice(n, size=m % n, replace=False)] += 1
+        gen = sample_around(X[rows], per, shapes.eigvals[c], shapes.eigvecs[c], noise_scale, rng)
+        feats.append(gen)
+        labels.append(np.full(gen.shape[0], c, dtype=np.int64))
+    d = X.shape[1]
+    if not feats:
+        return np.empty((0, d), dtype=np.float32), np.empty(0, dtype=np.int64)
+    return np.concatenate(feats).astype(np.float32), np.concatenate(labels)
+
+
+@dataclass(frozen=True)
+class Prototypes:
+    """Class means per domain (step 5).
+
+    Attributes:
+        counts: ``int64 [D, C]``, the samples behind each prototype.
+        means: ``float64 [D, C, d]`` (zero where the count is 0).
+    """
+
+    counts: np.ndarray
+    means: np.ndarray
+
+
+def client_prototypes(
+    X: np.ndarray, y: np.ndarray, domains: np.ndarray, num_classes: int, num_domains: int
+) -> Prototypes:
+    """One client's class means per domain (``domains`` is ``int [n]`` in ``0..num_domains-1``)."""
+    X, y = _check_xy(X, y, num_classes)
+    domains = np.asarray(domains, dtype=np.int64)
+    if domains.shape != y.shape or (domains.size and (domains.min() < 0 or domains.max() >= num_domains)):
+        raise InputError(f"domains must be [n] ints in 0..{num_domains - 1}")
+    cell = domains * num_classes + y
+    counts = np.bincount(cell, minlength=num_domains * num_classes).astype(np.int64)
+    sums = np.zeros((num_domains * num_classes, X.shape[1]))
+    np.add.at(sums, cell, X.astype(np.float64))
+    means = sums / np.maximum(counts, 1)[:, None]
+    return Prototypes(
+        counts.reshape(num_domains, num_classes), means.reshape(num_domains, num_classes, X.shape[1])
+    )
+
+
+def aggregate_prototypes(protos: Sequence[Prototypes]) -> Prototypes:
+    """The server's count-weighted class means per domain over all clients."""
+    if not protos:
+        raise InputError("aggregate_prototypes needs at least one client")
+    counts = np.sum([p.counts for p in protos], axis=0)
+    sums = np.sum([p.means * p.counts[..., None] for p in protos], axis=0)
+    return Prototypes(counts, sums / np.maximum(counts, 1)[..., None])
+
+
+def augment_from_prototypes(
+    prototypes: Prototypes,
+    own_domains: Iterable[int],
+    shapes: ClassShapes,
+    per_prototype: int,
+    noise_scale: str,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step 5 on one client: ``per_prototype`` samples around every prototype of the domains it lacks.
+
+    Args:
+        prototypes: from ``aggregate_prototypes`` (``[D, C, d]``).
+        own_domains: the domains the client holds data of; their prototypes are skipped.
+        shapes: the global class shapes.
+        per_prototype: samples per (other domain, class) prototype that exists (count > 0).
+
+    Returns:
+        ``(features float32 [m, d], labels int64 [m])``, domain by domain, class by class.
+    """
+    if (
+        isinstance(per_prototype, bool)
+        or not isinstance(per_prototype, int | np.integer)
+        or per_prototype < 0
+    ):
+        raise ConfigError("augment.per_prototype", f"expected a non-negative integer, got {per_prototype!r}")
+    own = set(int(d) for d in own_domains)
+    D, C, d = prototypes.means.shape
+    feats, labels = [np.empty((0, d), dtype=np.float32)], [np.empty(0, dtype=np.int64)]
+    for dom in range(D):
+        if dom in own:
+            continue
+        for c in np.flatnonzero(prototypes.counts[dom]):
+            gen = sample_around(
+                prototypes.means[dom, c][None, :],
+                np.array([per_prototype]),
+                shapes.eigvals[c],
+                shapes.eigvecs[c],
+                noise_scale,
+                rng,
+            )
+            feats.append(gen)
+            labels.append(np.full(gen.shape[0], c, dtype=np.int64))
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's training data: ``features [n, d]``, ``labels int64 [n]``, ``domains int64 [n]``."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    domains: np.ndarray
+
+
+def augment_federation(
+    clients: Sequence[ClientData],
+    num_classes: int,
+    num_domains: int,
+    rngs: Sequence[np.random.Generator],
+    target_per_class: int | None = 500,
+    samples_per_original: int | None = None,
+    noise_scale: str = "sqrt",
+    keep_originals: bool = True,
+    multi_domain: bool = False,
+    per_prototype: int = 500,
+) -> tuple[list[ClientData], ClassShapes]:
+    """The whole one-time GGEUR step: client statistics up, shapes (and prototypes) down, local generation.
+
+    Args:
+        clients: the K clients' data. rngs: one generator per client.
+        multi_domain: also share class prototypes per domain and draw ``per_prototype`` samples around
+            every prototype of the domains a client does not hold.
+        the rest: as in ``augment_client``.
+
+    Returns:
+        ``(augmented clients, global shapes)``. Generated rows carry domain id -1 (their domain is not
+        observed; prototype samples carry the prototype's domain).
+    """
+    if len(rngs) != len(clients):
+        raise InputError(f"need one generator per client: {len(rngs)} for {len(clients)} clients")
+    shapes = class_shapes(aggregate_stats(client_stats(c.features, c.labels, num_classes) for c in clients))
+    protos = None
+    if multi_domain:
+        protos = aggregate_prototypes(
+            [client_prototypes(c.features, c.labels, c.domains, num_classes, num_domains) for c in clients]
+        )
+    out: list[ClientData] = []
+    for client, rng in zip(clients, rngs, strict=True):
+        X, y = augment_client(
+            client.features,
+            client.labels,
+            shapes,
+            rng,
+            target_per_class=target_per_class,
+            samples_per_original=samples_per_original,
+            noise_scale=noise_scale,
+            keep_originals=keep_originals,
+        )
+        n_orig = client.labels.size if keep_originals else 0
+        doms = [client.domains[:n_orig].astype(np.int64), np.full(y.size - n_orig, -1, dtype=np.int64)]
+        feats, labels = [X], [y]
+        if protos is not None:
+            own = np.unique(client.domains)
+            Xp, yp = augment_from_prototypes(protos, own, shapes, per_prototype, noise_scale, rng)
+            feats.append(Xp)
+            labels.append(yp)
+            per_dom = [int(per_prototype * np.count_nonzero(protos.counts[d])) for d in range(num_domains)]
+            doms.append(
+                np.repeat(np.arange(num_domains), [0 if d in own else k for d, k in enumerate(per_dom)])
+            )
+        out.append(ClientData(np.concatenate(feats), np.concatenate(labels), np.concatenate(doms)))
+    return out, shapes
