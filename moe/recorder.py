@@ -15,7 +15,7 @@ See ``docs/traces.md`` for recording a real model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ from common.progress import track
 from moe.trace import Trace, expert_dtype
 
 MODES = ("router", "logits")
+TINY_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+TINY_VOCAB = 97
 
 
 def find_routers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -102,6 +104,67 @@ def _from_logits(
     return out
 
 
+def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny random-weight transformers MoE causal LM (no download), in eval mode, for tests and dry runs.
+
+    Shape: vocabulary ``TINY_VOCAB`` (97), hidden size 32, 3 decoder layers, 8 routed experts; top-2 routing
+    (top-3 for ``qwen3_moe``, whose config also sets ``head_dim=8``); ``qwen2_moe`` has a shared expert and
+    renormalised top-k. Token ids 0, 1, 2 are pad, bos and eos. The weights depend only on ``seed``.
+
+    Args:
+        family: one of ``TINY_FAMILIES`` (``mixtral``, ``qwen2_moe``, ``qwen3_moe``, ``olmoe``).
+        seed: torch seed for the random initialisation.
+    """
+    if family not in TINY_FAMILIES:
+        raise InputError(f"tiny_model: family must be one of {TINY_FAMILIES}, got {family!r}")
+    import transformers
+
+    common = dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    if family == "mixtral":
+        cfg = transformers.MixtralConfig(num_local_experts=8, num_experts_per_tok=2, **common)
+        return transformers.MixtralForCausalLM(cfg).eval()
+    if family == "qwen2_moe":
+        cfg = transformers.Qwen2MoeConfig(
+            num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+            norm_topk_prob=True, **common,
+        )  # fmt: skip
+        return transformers.Qwen2MoeForCausalLM(cfg).eval()
+    if family == "qwen3_moe":
+        cfg = transformers.Qwen3MoeConfig(
+            num_experts=8, num_experts_per_tok=3, moe_intermediate_size=16, head_dim=8, **common
+        )
+        return transformers.Qwen3MoeForCausalLM(cfg).eval()
+    cfg = transformers.OlmoeConfig(num_experts=8, num_experts_per_tok=2, **common)
+    return transformers.OlmoeForCausalLM(cfg).eval()
+
+
+def _batches(prompts: Iterable[Sequence[int] | torch.Tensor], size: int) -> Iterator[list[torch.Tensor]]:
+    """Groups of up to ``size`` non-empty prompts (1-d long tensors), in order."""
+    batch: list[torch.Tensor] = []
+    for ids in prompts:
+        x = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if x.numel() == 0:
+            continue
+        batch.append(x)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 @torch.no_grad()
 def record_trace(
     model: torch.nn.Module,
@@ -109,6 +172,7 @@ def record_trace(
     mode: str = "router",
     meta: dict[str, Any] | None = None,
     total: int | None = None,
+    batch_size: int = 1,
 ) -> Trace:
     """Run ``model`` over each prompt (token ids) and record every MoE layer's routing.
 
@@ -118,6 +182,10 @@ def record_trace(
         mode: ``router`` (hooks on the router modules) or ``logits`` (``output_router_logits``).
         meta: extra provenance for ``Trace.meta`` (model name, dataset, ...).
         total: number of prompts, for the progress display.
+        batch_size: prompts per forward pass. Above 1 the prompts of a batch are right-padded and masked
+            (``attention_mask``); the padding rows are dropped, so the trace holds the same tokens as with
+            ``batch_size=1`` (the routing may differ only where float rounding of batched kernels flips a
+            near-tie).
 
     Returns:
         A validated ``Trace``: ``experts [tokens, moe_layers, top_k]``, ``weights`` (gate weights, float32),
@@ -125,6 +193,8 @@ def record_trace(
     """
     if mode not in MODES:
         raise InputError(f"recorder: mode must be one of {MODES}, got {mode!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"recorder: batch_size must be a positive integer, got {batch_size!r}")
     model.eval()
     routers = find_routers(model)
     if mode == "router" and not routers:
@@ -139,25 +209,31 @@ def record_trace(
     weights: list[np.ndarray] = []
     lengths: list[int] = []
     try:
-        for ids in track(prompts, total=total, description="recording routing"):
-            x = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1).to(device)
-            if x.shape[1] == 0:
-                continue
+        for batch in _batches(track(prompts, total=total, description="recording routing"), batch_size):
+            lens = torch.tensor([len(x) for x in batch])
+            x = torch.zeros(len(batch), int(lens.max()), dtype=torch.long)
+            for row, ids in enumerate(batch):
+                x[row, : len(ids)] = ids
+            keep = torch.arange(x.shape[1])[None, :] < lens[:, None]  # [batch, seq]: real tokens
+            kwargs: dict[str, Any] = {"input_ids": x.to(device), "use_cache": False}
+            if len(batch) > 1:
+                kwargs["attention_mask"] = keep.long().to(device)
             if hooks is not None:
-                model(input_ids=x, use_cache=False)
+                model(**kwargs)
                 per_layer = hooks.take()
             else:
-                out = model(input_ids=x, use_cache=False, output_router_logits=True)
+                out = model(**kwargs, output_router_logits=True)
                 per_layer = _from_logits(model, out.router_logits, k)
-            idx = torch.stack([p[0] for p in per_layer], dim=1)  # [tokens, layers, k]
+            idx = torch.stack([p[0] for p in per_layer], dim=1)  # [batch * seq, layers, k]
             w = torch.stack([p[1] for p in per_layer], dim=1)
-            if idx.shape[0] != x.shape[1]:
+            if idx.shape[0] != x.numel():
                 raise InputError(
-                    f"recorder: router saw {idx.shape[0]} tokens for a {x.shape[1]}-token prompt"
+                    f"recorder: router saw {idx.shape[0]} tokens for a batch of {tuple(x.shape)} tokens"
                 )
-            experts.append(idx.numpy().astype(expert_dtype(e)))
-            weights.append(w.numpy().astype(np.float32))
-            lengths.append(int(x.shape[1]))
+            flat_keep = keep.reshape(-1)
+            experts.append(idx[flat_keep].numpy().astype(expert_dtype(e)))
+            weights.append(w[flat_keep].numpy().astype(np.float32))
+            lengths.extend(int(n) for n in lens)
     finally:
         if hooks is not None:
             hooks.remove()
@@ -187,9 +263,10 @@ def record_texts(
     max_tokens_per_prompt: int | None = None,
     mode: str = "router",
     meta: dict[str, Any] | None = None,
+    batch_size: int = 1,
 ) -> Trace:
     """Tokenise each text (``tokenizer(text)['input_ids']``, truncated to ``max_tokens_per_prompt``) and
-    record its routing with ``record_trace``."""
+    record its routing with ``record_trace`` (``batch_size`` prompts per forward pass)."""
 
     def ids() -> Iterable[list[int]]:
         for text in texts:
@@ -198,4 +275,4 @@ def record_texts(
             )
             yield list(tok["input_ids"])
 
-    return record_trace(model, ids(), mode=mode, meta=meta, total=len(texts))
+    return record_trace(model, ids(), mode=mode, meta=meta, total=len(texts), batch_size=batch_size)

@@ -9,40 +9,10 @@ import pytest
 import torch
 
 from common.errors import InputError
-from moe.recorder import find_routers, record_texts, record_trace
+from moe.recorder import TINY_FAMILIES, find_routers, record_texts, record_trace, tiny_model
 from moe.trace import load_trace, save_trace
 
-transformers = pytest.importorskip("transformers")
-
-COMMON = dict(
-    vocab_size=97,
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
-
-
-def tiny(family: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if family == "mixtral":
-        cfg = transformers.MixtralConfig(num_local_experts=8, num_experts_per_tok=2, **COMMON)
-        return transformers.MixtralForCausalLM(cfg).eval()
-    if family == "qwen2_moe":
-        cfg = transformers.Qwen2MoeConfig(
-            num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
-            norm_topk_prob=True, **COMMON,
-        )  # fmt: skip
-        return transformers.Qwen2MoeForCausalLM(cfg).eval()
-    if family == "qwen3_moe":
-        cfg = transformers.Qwen3MoeConfig(
-            num_experts=8, num_experts_per_tok=3, moe_intermediate_size=16, head_dim=8, **COMMON
-        )
-        return transformers.Qwen3MoeForCausalLM(cfg).eval()
-    cfg = transformers.OlmoeConfig(num_experts=8, num_experts_per_tok=2, **COMMON)
-    return transformers.OlmoeForCausalLM(cfg).eval()
+pytest.importorskip("transformers")
 
 
 @torch.no_grad()
@@ -73,9 +43,9 @@ def reference_choices(model: torch.nn.Module, prompts: list[torch.Tensor]) -> tu
     return np.stack(idx_layers, axis=1), np.stack(w_layers, axis=1)
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_trace_matches_the_routers(family: str, tmp_path: Path) -> None:
-    model = tiny(family)
+    model = tiny_model(family)
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 97, (n,), generator=g) for n in (6, 11, 4)]
     trace = record_trace(model, prompts, meta={"model": family})
@@ -105,7 +75,7 @@ class CharTokenizer:
 
 
 def test_record_texts_truncates_and_keeps_prompts() -> None:
-    model = tiny("mixtral")
+    model = tiny_model("mixtral")
     trace = record_texts(
         model, CharTokenizer(), ["hello world", "moe", "routing traces"], max_tokens_per_prompt=8
     )
@@ -115,3 +85,28 @@ def test_record_texts_truncates_and_keeps_prompts() -> None:
 def test_non_moe_model_is_refused() -> None:
     with pytest.raises(InputError, match="no top-k router module"):
         record_trace(torch.nn.Linear(2, 2), [[1, 2]])
+
+
+@pytest.mark.parametrize("mode", ["router", "logits"])
+def test_batched_forward_passes_drop_the_padding(mode: str) -> None:
+    model = tiny_model("qwen2_moe", seed=3)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 97, (n,), generator=g) for n in (5, 12, 1, 7, 9)]
+    one = record_trace(model, prompts, mode=mode)
+    batched = record_trace(model, prompts + [torch.zeros(0, dtype=torch.long)], mode=mode, batch_size=3)
+    assert batched.prompt_offsets.tolist() == one.prompt_offsets.tolist() == [0, 5, 17, 18, 25, 34]
+    np.testing.assert_array_equal(batched.experts, one.experts)
+    np.testing.assert_allclose(batched.weights, one.weights, rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_model_is_seeded_and_checks_the_family() -> None:
+    a, b = tiny_model("olmoe", seed=5), tiny_model("olmoe", seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(next(tiny_model("olmoe", seed=6).parameters()), next(a.parameters()))
+    with pytest.raises(InputError, match="family must be one of"):
+        tiny_model("llama")
+
+
+def test_bad_batch_size_is_refused() -> None:
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        record_trace(tiny_model("mixtral"), [[1, 2]], batch_size=0)
