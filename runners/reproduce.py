@@ -132,8 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only is None or step.name in args.only:
             written += run_step(step, args.mode, out_root, sweep_root, args.dry_run)
     if not args.dry_run:
-        index = "\n".join(f"- {p.relative_to(out_root) if p.is_relative_to(out_root) else p}" for p in written)
-        atomic_write_text(out_root / args.mode / "INDEX.md", f"# Tables written by `reproduce {args.mode}`\n\n{index}\n")
+        index = "\n".join(
+            f"- {p.relative_to(out_root) if p.is_relative_to(out_root) else p}" for p in written
+        )
+        atomic_write_text(
+            out_root / args.mode / "INDEX.md", f"# Tables written by `reproduce {args.mode}`\n\n{index}\n"
+        )
         print(f"\nTables ({args.mode}) under {out_root / args.mode}:")
         for p in written:
             print(f"  {p}")

@@ -38,7 +38,11 @@ def test_unknown_option_inside_a_sweep(tmp_path):
 def test_missing_required_value_names_the_key(tmp_path):
     proc = run("runners.moe", "trace=file", tmp_path=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: missing required value for config key 'trace.path'")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: missing required value for config key 'trace.path'")
+    )
     assert not (tmp_path / "run" / "result.json").exists()
 
 

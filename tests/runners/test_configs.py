@@ -50,7 +50,9 @@ def experiments() -> list[tuple[str, str]]:
 def _compose(root: str, overrides: list[str], tmp_path: Path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=root, overrides=[*overrides, f"hydra.run.dir={tmp_path}"], return_hydra_config=True)
+        cfg = compose(
+            config_name=root, overrides=[*overrides, f"hydra.run.dir={tmp_path}"], return_hydra_config=True
+        )
     return cfg
 
 
@@ -79,7 +81,9 @@ def test_logger_group(kind, tmp_path):
         assert _compose(root, [f"logger={kind}"], tmp_path).logger.kind == kind
 
 
-@pytest.mark.parametrize("launcher, target", [("sequential", "BasicLauncher"), ("parallel", "JoblibLauncher")])
+@pytest.mark.parametrize(
+    "launcher, target", [("sequential", "BasicLauncher"), ("parallel", "JoblibLauncher")]
+)
 def test_launchers_compose(launcher, target, tmp_path):
     cfg = _compose("moe", [f"hydra/launcher={launcher}"], tmp_path)
     assert cfg.hydra.launcher._target_.endswith(target)

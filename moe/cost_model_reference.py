@@ -1,0 +1,59 @@
+"""A slow, per-token reference of the cost model's counting rules, for tests and the benchmark's baseline.
+
+It walks every token through every layer in plain Python, following the rules of ``moe.cost_model`` written
+out one at a time, and returns the counts the vectorised model must reproduce exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moe.cost_model import EvalOptions
+from moe.placement.base import Placement
+from moe.topology import Topology
+
+
+def reference_counts(
+    experts: np.ndarray, placement: Placement, topology: Topology, options: EvalOptions
+) -> dict[str, np.ndarray]:
+    """Token copies per GPU ``[L, G]``, dispatch and combine transfers ``[L, G, G]`` (whole evaluated set).
+
+    Args:
+        experts: integer ``[tokens, layers, top_k]``.
+        placement, topology, options: as for ``moe.cost_model.evaluate_placement``.
+    """
+    t_all, num_layers, k = experts.shape
+    g = topology.num_gpus
+    n = min(options.batch_tokens or t_all, t_all)
+    used = (t_all // n) * n
+    node = topology.node_of().tolist()
+    holders = [[[gi for gi in range(g) if e in placement.assignment[li][gi]] for e in range(placement.num_experts)]
+               for li in range(num_layers)]  # fmt: skip
+    load = np.zeros((num_layers, g), dtype=np.int64)
+    dispatch = np.zeros((num_layers, g, g), dtype=np.int64)
+    combine = np.zeros((num_layers, g, g), dtype=np.int64)
+    for t in range(used):
+        i = t % n
+        pos = i * g // n if options.first_layer_start == "uniform" else i % g
+        start = pos
+        for li in range(num_layers):
+            dests = []
+            for e in experts[t, li].tolist():
+                h = holders[li][e]
+                if pos in h:
+                    cand = [pos]
+                else:
+                    cand = [x for x in h if node[x] == node[pos]] or h
+                dests.append(cand[t % len(cand)])
+            sent = []
+            for d in dests:
+                load[li, d] += 1
+                if options.dedupe_dispatch and d in sent:
+                    continue
+                sent.append(d)
+            nxt = dests[0] if options.token_movement == "follow" else start
+            for d in sent:
+                dispatch[li, pos, d] += 1
+                combine[li, d, nxt] += 1
+            pos = nxt
+    return {"tokens_per_gpu": load, "dispatch": dispatch, "combine": combine}

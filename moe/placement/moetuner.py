@@ -1,0 +1,206 @@
+"""MoETuner (Go & Mahajan 2025): balanced clusters per layer (stage 1), then clusters to GPUs over all layers
+minimising the per-boundary slowest link (stage 2). See ``moetuner_stage1`` / ``moetuner_stage2`` for the
+formulations and docs/placement.md for what goes beyond the paper.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from common.errors import ConfigError, InputError
+from common.log import get_logger
+from common.progress import track
+from moe.placement import milp
+from moe.placement import moetuner_stage1 as stage1
+from moe.placement import moetuner_stage2 as stage2
+from moe.placement.base import Placement
+from moe.placement.checks import check_bandwidth, check_counts, check_load, check_pairs
+from moe.placement.replicas import add_hot_replicas
+
+STAGE2_METHODS = ("ilp", "decomposed", "greedy", "random")
+
+
+@dataclass(frozen=True)
+class MoETunerOptions:
+    """MoETuner's settings.
+
+    Attributes:
+        solver, gap, threads, msg: see ``milp.SolverOptions`` (gap 0.025 is the paper's).
+        time_limit_s: wall budget for the whole placement (both stages; Python model building included).
+        stage1_abs_tol: stage 1 also counts a layer as solved when its imbalance is within this fraction of
+            the layer's tokens of the bound (0 = only the relative gap, as the paper).
+        stage1_time_share: part of the budget stage 1 may use (split evenly over the layers still to solve).
+        equal_size: every cluster holds exactly ``E / G`` experts (the equal-size variant).
+        stage2: ``ilp`` (the paper's joint ILP; decomposed when it exceeds ``max_joint_vars``), ``decomposed``
+            (block-coordinate MILP steps with a proven bound), ``greedy`` / ``random`` (ablations
+            "stage 1 + greedy", "stage 1 + random mapping").
+        max_joint_vars: largest number of product variables for the joint ILP.
+        replicas: extra copies of hot experts per layer added after stage 2 (0 = the paper).
+    """
+
+    solver: str = "highs"
+    gap: float = 0.025
+    time_limit_s: float = 60.0
+    threads: int = 1
+    msg: bool = False
+    stage1_time_share: float = 0.4
+    stage1_abs_tol: float = 0.001
+    equal_size: bool = False
+    stage2: str = "ilp"
+    max_joint_vars: int = 20000
+    replicas: int = 0
+
+    def __post_init__(self) -> None:
+        self.solver_options()  # validates solver, gap, time limit, threads
+        if self.stage2 not in STAGE2_METHODS:
+            raise ConfigError("stage2", f"expected one of {list(STAGE2_METHODS)}, got {self.stage2!r}")
+        if not isinstance(self.stage1_abs_tol, int | float) or not 0 <= self.stage1_abs_tol < 1:
+            raise ConfigError("stage1_abs_tol", f"expected a number in [0, 1), got {self.stage1_abs_tol!r}")
+        if not isinstance(self.stage1_time_share, int | float) or not 0 < self.stage1_time_share < 1:
+            raise ConfigError(
+                "stage1_time_share", f"expected a number in (0, 1), got {self.stage1_time_share!r}"
+            )
+        if (
+            isinstance(self.max_joint_vars, bool)
+            or not isinstance(self.max_joint_vars, int)
+            or self.max_joint_vars < 0
+        ):
+            raise ConfigError(
+                "max_joint_vars", f"expected a non-negative integer, got {self.max_joint_vars!r}"
+            )
+        if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 0:
+            raise ConfigError("replicas", f"expected a non-negative integer, got {self.replicas!r}")
+        if not isinstance(self.equal_size, bool):
+            raise ConfigError("equal_size", f"expected true or false, got {self.equal_size!r}")
+
+    def solver_options(self) -> milp.SolverOptions:
+        return milp.SolverOptions(
+            solver=self.solver,
+            gap=self.gap,
+            time_limit_s=self.time_limit_s,
+            threads=self.threads,
+            msg=self.msg,
+        )
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def stage1_all(
+    load: np.ndarray, num_gpus: int, options: MoETunerOptions, time_limit_s: float
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stage 1 for every layer within ``time_limit_s`` in total.
+
+    Returns ``cluster_of`` int64 ``[L, E]`` and a report: per-layer lists (status, objective, bound, gap,
+    solve_time_s) and totals.
+    """
+    num_layers = load.shape[0]
+    solver = options.solver_options()
+    deadline = time.monotonic() + time_limit_s
+    rows, reps = [], []
+    for li in track(range(num_layers), total=num_layers, description="moetuner stage 1"):
+        left = max(0.0, deadline - time.monotonic())
+        res = stage1.solve_layer(
+            load[li], num_gpus, options.equal_size, solver, left / (num_layers - li), options.stage1_abs_tol
+        )
+        rows.append(res.cluster_of)
+        reps.append(res.report)
+    gaps = [r["gap"] for r in reps]
+    report = {
+        "status": milp.OPTIMAL if all(r["status"] == milp.OPTIMAL for r in reps) else milp.TIME_LIMIT,
+        "objective": float(sum(r["objective"] for r in reps)),
+        "bound": float(sum(r["bound"] for r in reps)),
+        "max_layer_gap": None if any(g is None for g in gaps) else float(max(gaps)),
+        "solve_time_s": round(float(sum(r["solve_time_s"] for r in reps)), 6),
+        "layers_solver_ran": int(sum(r["solver_ran"] for r in reps)),
+        "per_layer": {
+            k: [r[k] for r in reps] for k in ("status", "objective", "bound", "gap", "solve_time_s")
+        },
+        "size_per_layer_max": max(
+            (r["size"] for r in reps if r["size"]), key=lambda s: s["variables"], default=None
+        ),
+    }
+    report["gap"] = milp.relative_gap(report["objective"], report["bound"])
+    return np.stack(rows), report
+
+
+def moetuner(
+    load: np.ndarray,
+    pairs: np.ndarray,
+    bandwidth: np.ndarray,
+    options: MoETunerOptions | None = None,
+    seed: int = 0,
+) -> Placement:
+    """Place experts with MoETuner.
+
+    Args:
+        load: ``P [L, E]`` token copies per expert per layer.
+        pairs: ``R [L-1, E, E]`` cross-layer pair counts (``moe.stats.cross_layer_counts``).
+        bandwidth: ``B [G, G]`` GB/s between GPUs.
+        options: see ``MoETunerOptions``.
+        seed: for ``stage2=random``.
+
+    Returns:
+        A ``Placement`` named ``moetuner``; ``info`` has status, objective (stage 2, pair counts per GB/s),
+        bound, gap, solve_time_s, size, ``stage1`` and ``stage2`` reports, ``memory`` and ``notes``.
+    """
+    opts = options or MoETunerOptions()
+    p = check_load(load)
+    num_layers, num_experts = p.shape
+    b = check_bandwidth(bandwidth)
+    g = b.shape[0]
+    r = check_pairs(pairs, num_layers, num_experts)
+    check_counts(num_layers, num_experts, g, equal=opts.equal_size)
+    log = get_logger("moe.placement.moetuner")
+    t0 = time.monotonic()
+    cluster_of, rep1 = stage1_all(p, g, opts, opts.stage1_time_share * opts.time_limit_s)
+    log.info(
+        f"stage 1: {num_layers} layers, imbalance {rep1['objective']:.1f} tokens, gap {rep1['gap']}, "
+        f"{time.monotonic() - t0:.1f} s"
+    )
+    ctraffic = stage2.cluster_traffic(r, cluster_of, g)
+    sizes = np.stack([np.bincount(row, minlength=g) for row in cluster_of])
+    left = max(0.05, opts.time_limit_s - (time.monotonic() - t0))
+    res2 = stage2.solve(
+        ctraffic, sizes, b, opts.stage2, opts.solver_options(), left, opts.max_joint_vars, seed
+    )
+    rep2 = res2.report
+    log.info(
+        f"stage 2 ({rep2['method']}): objective {rep2['objective']:.4g}, bound {rep2['bound']:.4g}, "
+        f"gap {rep2['gap']}, {rep2['wall_time_s']:.1f} s"
+    )
+    gpu_of = res2.mapping[np.arange(num_layers)[:, None], cluster_of]  # [L, E]
+    assignment = [[np.flatnonzero(row == gg).tolist() for gg in range(g)] for row in gpu_of]
+    notes = list(rep2.get("notes", []))
+    if opts.replicas:
+        assignment, added = add_hot_replicas(assignment, p, opts.replicas)
+        notes.append(
+            f"replicas: {int(added.sum())} hot-expert copies added ({opts.replicas} per layer allowed)"
+        )
+    status = rep2.get("status", milp.TIME_LIMIT)
+    if opts.stage2 in ("ilp", "decomposed") and rep1["status"] != milp.OPTIMAL:
+        status = milp.TIME_LIMIT
+    info = {
+        "status": status,
+        "objective": rep2["objective"],
+        "bound": rep2["bound"],
+        "gap": rep2["gap"],
+        "solve_time_s": round(time.monotonic() - t0, 6),
+        "size": rep2.get("size") or rep1["size_per_layer_max"],
+        "solver": opts.solver,
+        "options": {k: getattr(opts, k) for k in MoETunerOptions.names()},
+        "memory": rep2["memory"],
+        "memory_relaxed": rep2["memory"]["mode"] == "relaxed",
+        "stage1": rep1,
+        "stage2": rep2,
+        "notes": notes,
+    }
+    try:
+        return Placement(assignment, num_experts=num_experts, name="moetuner", info=info)
+    except InputError as exc:  # a bug here, not the user's input
+        raise RuntimeError(f"moetuner built an invalid placement: {exc}") from exc

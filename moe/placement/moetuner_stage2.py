@@ -1,0 +1,524 @@
+"""MoETuner stage 2: map every layer's G clusters one-to-one onto the G GPUs, over all layers at once.
+
+Notation: ``C [L-1, G, G]`` cluster-to-cluster pair counts between consecutive layers (cluster c1 of layer l,
+cluster c2 of layer l+1), ``sizes [L, G]`` experts per cluster, ``B [G, G]`` bandwidth (GB/s),
+``mapping [L, G]`` the GPU of each cluster (a permutation per layer).
+
+Per boundary l the cost is the slowest link ``M_l = max_{g1 != g2} traffic_l[g1, g2] / B[g1, g2]`` with
+``traffic_l[g1, g2] = sum C[l, c1, c2]`` over c1 on g1 (layer l) and c2 on g2 (layer l+1); units: pair counts
+per GB/s. Stage 2 minimises ``sum_l M_l`` under the memory constraint (every GPU holds ``E L / G`` experts
+over the model; relaxed to at most ``ceil(E L / G)`` when that is infeasible).
+
+Methods:
+- ``joint_ilp``: the paper's ILP (``y[c, g, l]``, ``z >= y1 + y2 - 1``, one ``M_l`` per boundary);
+  ``G^2 * nnz(C) * (L-1)`` product variables, so only for small cases.
+- ``improve`` (beyond the paper, for the large cases): block-coordinate descent; with the neighbouring layers
+  fixed, a layer's traffic is *linear* in its own ``y``, so each step is a small exact MILP (``G^2``
+  binaries) that minimises ``M_{l-1} + M_l`` with the memory constraint as a penalised slack; steps never
+  make the placement worse.
+- ``lower_bounds``: a per-boundary bound valid for every mapping (locality by linear assignment, and each
+  cluster's unavoidable off-GPU traffic spread over its links), so the gap of any method is proven.
+- ``greedy_chain`` (ablation "stage 1 + greedy") and ``random_mapping`` (ablation "stage 1 + random").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pulp
+from scipy.optimize import linear_sum_assignment
+
+from moe.placement import milp
+
+
+def cluster_traffic(pairs: np.ndarray, cluster_of: np.ndarray, num_clusters: int) -> np.ndarray:
+    """``C [L-1, G, G]`` from ``R [L-1, E, E]`` and ``cluster_of [L, E]`` (papers.md's fixed indexing)."""
+    onehot = np.eye(num_clusters)[cluster_of]  # [L, E, G]
+    return np.einsum("lec,lef,lfd->lcd", onehot[:-1], pairs, onehot[1:])
+
+
+def _inverse(mapping: np.ndarray) -> np.ndarray:
+    inv = np.empty_like(mapping)
+    rows = np.arange(mapping.shape[0])[:, None]
+    inv[rows, mapping] = np.arange(mapping.shape[1])[None, :]
+    return inv
+
+
+def gpu_traffic(mapping: np.ndarray, ctraffic: np.ndarray) -> np.ndarray:
+    """``[L-1, G, G]`` traffic between GPUs implied by a cluster-to-GPU ``mapping [L, G]``."""
+    inv = _inverse(mapping)  # [L, G]: cluster on GPU g
+    return np.stack([ctraffic[li][np.ix_(inv[li], inv[li + 1])] for li in range(ctraffic.shape[0])])
+
+
+def boundary_costs(mapping: np.ndarray, ctraffic: np.ndarray, bandwidth: np.ndarray) -> np.ndarray:
+    """``[L-1]`` slowest-link cost ``M_l`` of every boundary."""
+    if ctraffic.shape[0] == 0:
+        return np.zeros(0)
+    t = gpu_traffic(mapping, ctraffic)
+    off = ~np.eye(bandwidth.shape[0], dtype=bool)
+    return (t[:, off] / bandwidth[off][None, :]).max(axis=1)
+
+
+def lower_bounds(ctraffic: np.ndarray, bandwidth: np.ndarray) -> np.ndarray:
+    """``[L-1]`` lower bound on ``M_l`` that holds for every pair of mappings.
+
+    The largest of: (a) traffic that cannot stay local (total minus a maximum-weight cluster matching,
+    by linear assignment) over the sum of all link bandwidths; (b) per cluster, its row (column) total minus
+    its largest entry must leave its GPU over links whose bandwidths sum to at most the largest out (in)
+    bandwidth of any GPU; (c) per cluster, its second largest entry sits alone on some link.
+    """
+    g = bandwidth.shape[0]
+    off = ~np.eye(g, dtype=bool)
+    if g < 2 or ctraffic.shape[0] == 0:
+        return np.zeros(ctraffic.shape[0])
+    b_sum = bandwidth[off].sum()
+    b_out = np.where(off, bandwidth, 0).sum(axis=1).max()
+    b_in = np.where(off, bandwidth, 0).sum(axis=0).max()
+    b_max = bandwidth[off].max()
+    out = np.empty(ctraffic.shape[0])
+    for li, c in enumerate(ctraffic):
+        r, k = linear_sum_assignment(c, maximize=True)
+        a = (c.sum() - c[r, k].sum()) / b_sum
+        srt_r = np.sort(c, axis=1)
+        srt_c = np.sort(c, axis=0)
+        b1 = (c.sum(axis=1) - srt_r[:, -1]).max() / b_out
+        b2 = (c.sum(axis=0) - srt_c[-1, :]).max() / b_in
+        c3 = max(srt_r[:, -2].max(), srt_c[-2, :].max()) / b_max
+        out[li] = max(a, b1, b2, c3)
+    return out
+
+
+def memory_target(sizes: np.ndarray) -> tuple[int, int]:
+    """``(floor, ceil)`` of ``E L / G``, the experts every GPU should hold over the model."""
+    total, g = int(sizes.sum()), sizes.shape[1]
+    return total // g, -(-total // g)
+
+
+def memory_per_gpu(mapping: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``[G]`` experts each GPU holds over all layers."""
+    out = np.zeros(sizes.shape[1], dtype=np.int64)
+    for li in range(sizes.shape[0]):
+        np.add.at(out, mapping[li], sizes[li].astype(np.int64))
+    return out
+
+
+def memory_violation(mapping: np.ndarray, sizes: np.ndarray, relaxed: bool) -> int:
+    """Experts above (and, unless relaxed, below) the memory target, summed over GPUs."""
+    lo, hi = memory_target(sizes)
+    m = memory_per_gpu(mapping, sizes)
+    over = np.clip(m - hi, 0, None).sum()
+    under = 0 if relaxed else np.clip(lo - m, 0, None).sum()
+    return int(over + under)
+
+
+def greedy_chain(ctraffic: np.ndarray, num_layers: int) -> np.ndarray:
+    """Layer 0 on the identity; each next layer by linear assignment, keeping the most traffic GPU-local."""
+    g = ctraffic.shape[1] if ctraffic.size else 0
+    g = g or 1
+    mapping = np.empty((num_layers, g), dtype=np.int64)
+    mapping[0] = np.arange(g)
+    for li in range(num_layers - 1):
+        inv = _inverse(mapping[li : li + 1])[0]
+        gain = ctraffic[li][inv].T  # [c2, gpu]: traffic from the cluster already on that GPU
+        rows, cols = linear_sum_assignment(gain, maximize=True)
+        mapping[li + 1, rows] = cols
+    return mapping
+
+
+def random_mapping(num_layers: int, num_gpus: int, seed: int) -> np.ndarray:
+    """An independent random permutation per layer (``default_rng([seed, 2, l])``)."""
+    return np.stack([np.random.default_rng([seed, 2, li]).permutation(num_gpus) for li in range(num_layers)])
+
+
+@dataclass
+class Stage2Result:
+    """The mapping ``[L, G]`` and its report (JSON-ready)."""
+
+    mapping: np.ndarray
+    report: dict = field(default_factory=dict)
+
+
+def joint_size(ctraffic: np.ndarray) -> int:
+    """Product variables the joint ILP needs: ``G (G - 1) * nnz(C)``."""
+    g = ctraffic.shape[1]
+    return int(g * (g - 1) * np.count_nonzero(ctraffic))
+
+
+def joint_ilp(
+    ctraffic: np.ndarray,
+    sizes: np.ndarray,
+    bandwidth: np.ndarray,
+    options: milp.SolverOptions,
+    time_limit_s: float,
+    relaxed: bool,
+    warm: np.ndarray | None,
+) -> tuple[np.ndarray | None, milp.SolveResult]:
+    """The paper's stage 2 ILP over all layers; returns the mapping (or ``None``) and the solve report.
+
+    Layer 0's mapping is fixed to the identity when every off-diagonal bandwidth is equal (any GPU
+    relabelling is then a symmetry), which removes ``G!`` equivalent solutions.
+    """
+    num_layers, g = sizes.shape
+    off = ~np.eye(g, dtype=bool)
+    symmetric = bool(np.allclose(bandwidth[off], bandwidth[off][0]))
+    prob = pulp.LpProblem("moetuner_stage2", pulp.LpMinimize)
+    y = {
+        (li, c, gg): prob.add_variable(f"y_{li}_{c}_{gg}", cat=pulp.LpBinary)
+        for li in range(num_layers)
+        for c in range(g)
+        for gg in range(g)
+    }
+    m = [prob.add_variable(f"M_{li}", lowBound=0) for li in range(num_layers - 1)]
+    prob += pulp.lpSum(m)
+    for li in range(num_layers):
+        for c in range(g):
+            prob += pulp.lpSum(y[li, c, gg] for gg in range(g)) == 1, f"cl_{li}_{c}"
+        for gg in range(g):
+            prob += pulp.lpSum(y[li, c, gg] for c in range(g)) == 1, f"gpu_{li}_{gg}"
+    if symmetric:
+        for c in range(g):
+            y[0, c, c].lowBound = 1
+    lo, hi = memory_target(sizes)
+    for gg in range(g):
+        mem = pulp.LpAffineExpression(
+            [(y[li, c, gg], float(sizes[li, c])) for li in range(num_layers) for c in range(g)]
+        )
+        if relaxed or lo != hi:
+            prob += mem <= hi, f"mem_hi_{gg}"
+            if not relaxed:
+                prob += mem >= lo, f"mem_lo_{gg}"
+        else:
+            prob += mem == hi, f"mem_{gg}"
+    z = {}
+    for li in range(num_layers - 1):
+        c1s, c2s = np.nonzero(ctraffic[li])
+        link_terms: dict[tuple[int, int], list] = {}
+        for c1, c2 in zip(c1s.tolist(), c2s.tolist(), strict=True):
+            w = float(ctraffic[li, c1, c2])
+            for g1 in range(g):
+                for g2 in range(g):
+                    if g1 == g2:
+                        continue
+                    var = prob.add_variable(f"z_{li}_{c1}_{g1}_{c2}_{g2}", lowBound=0)
+                    z[li, c1, g1, c2, g2] = var
+                    prob += var - y[li, c1, g1] - y[li + 1, c2, g2] >= -1
+                    link_terms.setdefault((g1, g2), []).append((var, w / float(bandwidth[g1, g2])))
+        for (g1, g2), terms in link_terms.items():
+            prob += m[li] - pulp.LpAffineExpression(terms) >= 0, f"link_{li}_{g1}_{g2}"
+    use_warm = warm is not None and not (symmetric and not np.array_equal(warm[0], np.arange(g)))
+    if use_warm:
+        for (li, c, gg), var in y.items():
+            var.setInitialValue(1 if warm[li, c] == gg else 0)
+        for (li, c1, g1, c2, g2), var in z.items():
+            var.setInitialValue(1 if warm[li, c1] == g1 and warm[li + 1, c2] == g2 else 0)
+        for li, val in enumerate(boundary_costs(warm, ctraffic, bandwidth)):
+            m[li].setInitialValue(float(val))
+    res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=use_warm)
+    if not res.has_solution:
+        return None, res
+    mapping = np.full((num_layers, g), -1, dtype=np.int64)
+    for (li, c, gg), var in y.items():
+        if (var.varValue or 0) > 0.5:
+            mapping[li, c] = gg
+    if (mapping < 0).any() or any(len(set(row.tolist())) != g for row in mapping):
+        res.notes.append("solver returned a non-integral mapping; discarded")
+        return None, res
+    return mapping, res
+
+
+def _improve_layer(
+    li: int,
+    mapping: np.ndarray,
+    ctraffic: np.ndarray,
+    sizes: np.ndarray,
+    bandwidth: np.ndarray,
+    relaxed: bool,
+    options: milp.SolverOptions,
+    time_limit_s: float,
+) -> np.ndarray | None:
+    """Best permutation of layer ``li`` with its neighbours fixed (exact MILP within the gap/time)."""
+    num_layers, g = sizes.shape
+    inv = _inverse(mapping)
+    prob = pulp.LpProblem("moetuner_stage2_layer", pulp.LpMinimize)
+    y = {(c, gg): prob.add_variable(f"y_{c}_{gg}", cat=pulp.LpBinary) for c in range(g) for gg in range(g)}
+    over = [prob.add_variable(f"over_{gg}", lowBound=0) for gg in range(g)]
+    under = [prob.add_variable(f"under_{gg}", lowBound=0) for gg in range(g)]
+    terms = []
+    scale = 1.0
+    if li > 0:
+        mp = prob.add_variable("M_prev", lowBound=0)
+        terms.append(mp)
+        cp = ctraffic[li - 1]
+        scale += cp.sum() / bandwidth[~np.eye(g, dtype=bool)].min()
+        for g1 in range(g):
+            row = cp[inv[li - 1, g1]]
+            for g2 in range(g):
+                if g1 != g2:
+                    expr = pulp.LpAffineExpression(
+                        [(y[c, g2], float(row[c] / bandwidth[g1, g2])) for c in range(g)]
+                    )
+                    prob += mp - expr >= 0
+    if li < num_layers - 1:
+        mn = prob.add_variable("M_next", lowBound=0)
+        terms.append(mn)
+        cn = ctraffic[li]
+        scale += cn.sum() / bandwidth[~np.eye(g, dtype=bool)].min()
+        for g2 in range(g):
+            col = cn[:, inv[li + 1, g2]]
+            for g1 in range(g):
+                if g1 != g2:
+                    expr = pulp.LpAffineExpression(
+                        [(y[c, g1], float(col[c] / bandwidth[g1, g2])) for c in range(g)]
+                    )
+                    prob += mn - expr >= 0
+    prob += pulp.lpSum(terms) + 10.0 * scale * pulp.lpSum(over + under)
+    for c in range(g):
+        prob += pulp.lpSum(y[c, gg] for gg in range(g)) == 1
+    for gg in range(g):
+        prob += pulp.lpSum(y[c, gg] for c in range(g)) == 1
+    lo, hi = memory_target(sizes)
+    others = memory_per_gpu(mapping, sizes) - np.bincount(mapping[li], weights=sizes[li], minlength=g).astype(
+        int
+    )
+    for gg in range(g):
+        mem = pulp.LpAffineExpression([(y[c, gg], float(sizes[li, c])) for c in range(g)])
+        prob += mem - over[gg] <= hi - int(others[gg])
+        if not relaxed:
+            prob += mem + under[gg] >= lo - int(others[gg])
+    for (c, gg), var in y.items():
+        var.setInitialValue(1 if mapping[li, c] == gg else 0)
+    # Solved to (near) optimality: the penalty terms dominate the objective, so a relative gap would let
+    # the solver stop with memory slack left.
+    res = milp.solve(prob, replace(options, gap=1e-6), time_limit_s=time_limit_s, warm_start=False)
+    if not res.has_solution:
+        return None
+    row = np.full(g, -1, dtype=np.int64)
+    for (c, gg), var in y.items():
+        if (var.varValue or 0) > 0.5:
+            row[c] = gg
+    return row if (row >= 0).all() and len(set(row.tolist())) == g else None
+
+
+def repair_memory(mapping: np.ndarray, sizes: np.ndarray, max_steps: int = 1000) -> np.ndarray:
+    """Move single experts of memory from GPUs over the target to GPUs under it along swap paths.
+
+    A unit edge ``a -> b`` exists in layer l when the cluster on a is one expert larger than the cluster on
+    b; swapping them moves one expert of memory. A breadth-first search finds a path from the fullest GPU to
+    an emptier one (single-layer steps alone cannot do this when the surplus must cross a GPU at the target).
+    Returns the repaired mapping (unchanged where no path exists).
+    """
+    cur = mapping.copy()
+    num_layers, g = sizes.shape
+    lo, hi = memory_target(sizes)
+    for _ in range(max_steps):
+        mem = memory_per_gpu(cur, sizes)
+        src = int(np.argmax(mem))
+        if mem[src] <= hi and mem.min() >= lo:
+            break
+        inv = _inverse(cur)
+        held = sizes[np.arange(num_layers)[:, None], inv]  # [L, G] size of the cluster on each GPU
+        diff = held[:, :, None] - held[:, None, :]  # [L, a, b]
+        edges = (diff == 1).any(axis=0)
+        want = mem < (hi if mem[src] > hi else lo) if mem[src] > hi else mem < lo
+        prev = {src: -1}
+        queue = [src]
+        dst = -1
+        while queue and dst < 0:
+            a = queue.pop(0)
+            for b in np.flatnonzero(edges[a]).tolist():
+                if b not in prev:
+                    prev[b] = a
+                    if want[b]:
+                        dst = b
+                        break
+                    queue.append(b)
+        if dst < 0:
+            break
+        path = [dst]
+        while prev[path[-1]] >= 0:
+            path.append(prev[path[-1]])
+        path.reverse()
+        for a, b in zip(
+            path[:-1], path[1:], strict=True
+        ):  # first move a -> b ... the order keeps sizes valid
+            inv = _inverse(cur)
+            held = sizes[np.arange(num_layers)[:, None], inv]
+            layers = np.flatnonzero(held[:, a] - held[:, b] == 1)
+            if layers.size == 0:
+                return cur
+            li = int(layers[0])
+            ca, cb = inv[li, a], inv[li, b]
+            cur[li, ca], cur[li, cb] = b, a
+    return cur
+
+
+def improve(
+    mapping: np.ndarray,
+    ctraffic: np.ndarray,
+    sizes: np.ndarray,
+    bandwidth: np.ndarray,
+    relaxed: bool,
+    options: milp.SolverOptions,
+    deadline: float,
+    max_sweeps: int = 4,
+) -> tuple[np.ndarray, int]:
+    """Block-coordinate descent over layers until no layer improves, ``max_sweeps`` or ``deadline``.
+
+    A step is kept only if it lowers (memory violation, total cost) lexicographically. Returns the mapping
+    and the number of layer steps that were kept.
+    """
+    num_layers = sizes.shape[0]
+    cur = mapping.copy()
+    key = (memory_violation(cur, sizes, relaxed), float(boundary_costs(cur, ctraffic, bandwidth).sum()))
+    kept = 0
+    for _ in range(max_sweeps):
+        changed = False
+        for li in range(num_layers):
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                return cur, kept
+            limit = min(left, max(0.5, left / max(1, num_layers)))
+            row = _improve_layer(li, cur, ctraffic, sizes, bandwidth, relaxed, options, limit)
+            if row is None:
+                continue
+            cand = cur.copy()
+            cand[li] = row
+            ck = (
+                memory_violation(cand, sizes, relaxed),
+                float(boundary_costs(cand, ctraffic, bandwidth).sum()),
+            )
+            if ck[0] < key[0] or (ck[0] == key[0] and ck[1] < key[1] * (1 - 1e-12) - 1e-12):
+                cur, key, changed = cand, ck, True
+                kept += 1
+        if not changed:
+            break
+    return cur, kept
+
+
+def solve(
+    ctraffic: np.ndarray,
+    sizes: np.ndarray,
+    bandwidth: np.ndarray,
+    method: str,
+    options: milp.SolverOptions,
+    time_limit_s: float,
+    max_joint_vars: int,
+    seed: int,
+) -> Stage2Result:
+    """Stage 2 with ``method`` in ``ilp`` (joint ILP when it fits ``max_joint_vars``, else decomposition),
+    ``decomposed`` (always the decomposition), ``greedy`` or ``random`` (ablations; memory not enforced).
+
+    Returns the mapping and a report: method used, status, objective (``sum_l M_l``), bound, gap,
+    solve_time_s, size, memory (mode ``exact``/``relaxed``/``not_enforced``, per-GPU min/max), notes.
+    """
+    t_start = time.monotonic()
+    deadline = t_start + time_limit_s
+    num_layers, g = sizes.shape
+    lb = lower_bounds(ctraffic, bandwidth)
+    report: dict = {"notes": []}
+    if method == "random":
+        mapping = random_mapping(num_layers, g, seed)
+        report.update(method="random", status="heuristic")
+    elif method == "greedy":
+        mapping = greedy_chain(ctraffic, num_layers)
+        report.update(method="greedy", status="heuristic")
+    else:
+        size = joint_size(ctraffic)
+        report["joint_product_variables"] = size
+        use_joint = method == "ilp" and size <= max_joint_vars
+        if method == "ilp" and not use_joint:
+            report["notes"].append(
+                f"joint ILP needs {size} product variables > max_joint_vars={max_joint_vars}; decomposed"
+            )
+        mapping, relaxed, report_solve = _ilp_like(
+            ctraffic, sizes, bandwidth, options, deadline, use_joint, lb, report["notes"]
+        )
+        report.update(report_solve)
+    costs = boundary_costs(mapping, ctraffic, bandwidth)
+    objective = float(costs.sum())
+    if method in ("random", "greedy"):
+        mem_mode = "not_enforced"
+        bound = float(lb.sum())
+    else:
+        mem_mode = "relaxed" if report.pop("_relaxed") else "exact"
+        bound = float(max(lb.sum(), report.get("solver_bound") or 0.0))
+    bound = min(bound, objective)
+    mem = memory_per_gpu(mapping, sizes)
+    lo, hi = memory_target(sizes)
+    report.update(
+        objective=objective,
+        bound=bound,
+        gap=milp.relative_gap(objective, bound),
+        per_boundary_bound_sum=float(lb.sum()),
+        wall_time_s=round(time.monotonic() - t_start, 6),
+        memory={"mode": mem_mode, "target": [lo, hi], "min": int(mem.min()), "max": int(mem.max())},
+    )
+    if mem_mode != "not_enforced" and (mem.max() > hi or (mem_mode == "exact" and mem.min() < lo)):
+        report["notes"].append(f"memory constraint not met: per-GPU experts {mem.min()}..{mem.max()}")
+        report["memory"]["met"] = False
+    if report.get("status") not in ("heuristic",):
+        gap = report["gap"]
+        met = report["memory"].get("met", True)
+        if gap is not None and gap <= options.gap and met and report.get("status") != milp.NO_SOLUTION:
+            report["status"] = milp.OPTIMAL
+    return Stage2Result(mapping, report)
+
+
+def _ilp_like(
+    ctraffic: np.ndarray,
+    sizes: np.ndarray,
+    bandwidth: np.ndarray,
+    options: milp.SolverOptions,
+    deadline: float,
+    use_joint: bool,
+    lb: np.ndarray,
+    notes: list[str],
+) -> tuple[np.ndarray, bool, dict]:
+    """Greedy chain, then (joint ILP with a warm start | coordinate descent), with the memory relaxation."""
+    num_layers, _ = sizes.shape
+    start = greedy_chain(ctraffic, num_layers)
+    out: dict = {}
+    relaxed = False
+    # The decomposition also gives the joint ILP its warm start; give it a share of the time.
+    share = 0.3 if use_joint else 1.0
+    dec_deadline = time.monotonic() + share * max(0.0, deadline - time.monotonic())
+    mapping = repair_memory(start, sizes)
+    mapping, kept = improve(mapping, ctraffic, sizes, bandwidth, False, options, dec_deadline)
+    if memory_violation(mapping, sizes, relaxed=False) > 0:
+        relaxed = True
+        notes.append(
+            "memory: E L / G per GPU not reached by the decomposition; relaxed to at most ceil(E L / G)"
+        )
+        mapping, k2 = improve(mapping, ctraffic, sizes, bandwidth, True, options, deadline)
+        kept += k2
+    out.update(method="decomposed", status=milp.TIME_LIMIT, decomposition_steps_kept=kept)
+    if not use_joint:
+        return mapping, relaxed, out | {"_relaxed": relaxed, "solver_bound": None}
+    left = deadline - time.monotonic()
+    warm = mapping if memory_violation(mapping, sizes, relaxed) == 0 else None
+    joint, res = joint_ilp(ctraffic, sizes, bandwidth, options, max(0.05, left), relaxed, warm)
+    if res.status == milp.INFEASIBLE and not relaxed:
+        relaxed = True
+        notes.append(
+            "memory: E L / G per GPU is infeasible (solver proved it); relaxed to at most ceil(E L / G)"
+        )
+        left = deadline - time.monotonic()
+        joint, res = joint_ilp(ctraffic, sizes, bandwidth, options, max(0.05, left), True, warm)
+    notes.extend(res.notes)
+    out.update(solve_time_s=res.solve_time_s, size=res.to_info()["size"], solver_status=res.status)
+    cur_cost = boundary_costs(mapping, ctraffic, bandwidth).sum()
+    if joint is not None and (
+        memory_violation(mapping, sizes, relaxed) > 0
+        or boundary_costs(joint, ctraffic, bandwidth).sum() <= cur_cost + 1e-9
+    ):
+        mapping = joint
+        out.update(method="joint_ilp", status=res.status)
+    else:
+        notes.append(f"joint ILP ended '{res.status}' without a better mapping; kept the decomposition's")
+    sb = res.bound if res.bound is not None and math.isfinite(res.bound) else None
+    out["solver_bound"] = sb  # valid for the joint problem whichever mapping is kept
+    out["_relaxed"] = relaxed
+    return mapping, relaxed, out

@@ -1,0 +1,184 @@
+"""``python -m runners.moe mode=place trace=... placement=... topology=... +eval=default``.
+
+Profile on one part of the trace, place, evaluate on the other part with the cost model, and record every
+metric next to the contiguous placement (Megatron's default, the paper's baseline) made and evaluated in the
+same run. Config nodes used: ``trace`` (``runners.moe_inputs.load_traces``), ``placement`` (``name`` plus that
+algorithm's options), ``topology`` (``moe.topology.topology_from_config``), ``eval`` (optional,
+``moe.cost_model.eval_options_from_config``).
+
+Artifacts: ``placement.json`` (the placement, with the serving engines' ``physical_to_logical_map``),
+``contiguous.json`` and ``costs.npz`` (every per-layer array of both cost reports; the baseline's prefixed
+``contiguous_``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from common.atomic import atomic_savez
+from common.errors import ConfigError, InputError
+from common.experiment import RunContext, RunOutput
+from moe.cost_model import CostReport, eval_options_from_config, evaluate_placement
+from moe.placement.base import Placement
+from moe.stats import cross_layer_counts, expert_load
+from moe.topology import Topology, topology_from_config
+
+BASELINE = "contiguous"
+# Metrics compared with the baseline: ``<name>_vs_contiguous`` = this / contiguous, and for the paper's
+# comparisons ``<stem>_reduction`` = 1 - this / contiguous.
+RATIO_METRICS = (
+    "token_time_tail_s",
+    "token_time_mean_s",
+    "a2a_time_tail_s",
+    "a2a_time_mean_s",
+    "layer_time_tail_s",
+    "layer_time_mean_s",
+    "cross_gpu_tokens",
+    "cross_node_tokens",
+)
+REDUCTION_METRICS = (
+    "token_time_tail_s",
+    "token_time_mean_s",
+    "a2a_time_tail_s",
+    "a2a_time_mean_s",
+    "layer_time_tail_s",
+)
+
+
+def placement_spec(cfg: Any) -> tuple[str, dict[str, Any]]:
+    """(name, options) from a ``placement`` config node: ``name`` plus the algorithm's own options."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError("placement", f"expected a mapping with a 'name' key, got {cfg!r}")
+    name = cfg.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("placement.name", f"expected a placement name, got {name!r}")
+    return name, {k: v for k, v in cfg.items() if k != "name"}
+
+
+def cap_time_limit(options: dict[str, Any], cap: Any) -> dict[str, Any]:
+    """Lower the ``time_limit_s`` option (when the placement has one) to ``cap`` seconds; ``None``: unchanged.
+
+    This lets a sweep over all placements (``experiment=moetuner_*``) bound every solver's budget with one
+    top-level key, ``placement_time_limit_s``, without giving the other placements an option they lack.
+    """
+    if cap is None:
+        return options
+    if isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0:
+        raise ConfigError(
+            "placement_time_limit_s", f"expected a positive number of seconds or null, got {cap!r}"
+        )
+    if "time_limit_s" not in options:
+        return options
+    own = options["time_limit_s"]
+    return {**options, "time_limit_s": cap if own is None else min(own, cap)}
+
+
+def make_and_time(
+    name: str, options: dict[str, Any], load: np.ndarray, pairs: np.ndarray, topology: Topology, seed: int
+) -> tuple[Placement, float]:
+    """Run one placement algorithm; returns it and its wall-clock seconds."""
+    from moe.placement.registry import make_placement
+
+    t0 = time.perf_counter()
+    placement = make_placement(
+        name, load, pairs, topology.bandwidth_gbps(), topology.ranks_per_node, seed, **options
+    )
+    return placement, time.perf_counter() - t0
+
+
+def compare(report: CostReport, baseline: CostReport) -> dict[str, float]:
+    """The placement's metrics plus ``contiguous_*`` values, ratios, reductions and the speedup."""
+    mine, base = report.summary(), baseline.summary()
+    out = dict(mine)
+    for name in RATIO_METRICS:
+        out[f"contiguous_{name}"] = base[name]
+        out[f"{name}_vs_contiguous"] = mine[name] / base[name] if base[name] else float("nan")
+    for name in REDUCTION_METRICS:
+        out[f"{name.removesuffix('_s')}_reduction"] = 1.0 - out[f"{name}_vs_contiguous"]
+    out["contiguous_balancedness_mean"] = base["balancedness_mean"]
+    lt = mine["layer_time_tail_s"]
+    out["speedup_vs_contiguous"] = base["layer_time_tail_s"] / lt if lt else float("nan")
+    return out
+
+
+def placement_metrics(placement: Placement, wall_s: float) -> dict[str, float]:
+    """``solve_time_s`` (the algorithm's own, else wall clock), ``place_time_s``, and ``gap`` when reported."""
+    info = placement.info or {}
+    out = {"place_time_s": wall_s}
+    solve = info.get("solve_time_s")
+    out["solve_time_s"] = float(solve) if _is_number(solve) else wall_s
+    if _is_number(info.get("gap")):
+        out["gap"] = float(info["gap"])
+    for key in ("objective", "bound"):
+        if _is_number(info.get(key)):
+            out[f"placement_{key}"] = float(info[key])
+    return out
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float | np.number) and not isinstance(x, bool)
+
+
+def run(ctx: RunContext) -> RunOutput:
+    """Profile, place, evaluate, compare with contiguous; see the module docstring."""
+    from runners.moe_inputs import load_traces
+
+    cfg = ctx.config
+    log = ctx.log
+    topology = topology_from_config(cfg.get("topology"))
+    options = eval_options_from_config(cfg.get("eval"))
+    name, algo_options = placement_spec(cfg.get("placement"))
+    algo_options = cap_time_limit(algo_options, cfg.get("placement_time_limit_s"))
+    if "trace" not in cfg:
+        raise ConfigError("trace", "missing; choose one, e.g. trace=deepseek_v2_lite")
+    profile, evaluation = load_traces(cfg["trace"], ctx.seed)
+    if profile.num_experts != evaluation.num_experts or profile.num_layers != evaluation.num_layers:
+        raise InputError(
+            f"trace: profile part ({profile.num_layers} layers, {profile.num_experts} experts) and evaluation "
+            f"part ({evaluation.num_layers} layers, {evaluation.num_experts} experts) differ"
+        )
+    e = profile.num_experts
+    log.info(
+        f"profile {profile.num_tokens} tokens, evaluate {evaluation.num_tokens} tokens; {profile.num_layers} "
+        f"layers, {e} experts, top-{profile.top_k}; topology {topology.name}: {topology.num_gpus} EP ranks "
+        f"on {topology.num_nodes} node(s)"
+    )
+    load = expert_load(profile.experts, e)
+    pairs = cross_layer_counts(profile.experts, e)
+
+    placement, wall = make_and_time(name, algo_options, load, pairs, topology, ctx.seed)
+    log.info(f"placement {name}: {wall:.3f} s; info {_short_info(placement.info)}")
+    if name == BASELINE and not algo_options:
+        baseline = placement
+    else:
+        baseline, _ = make_and_time(BASELINE, {}, load, pairs, topology, ctx.seed)
+    ctx.logger.event("placement", name=name, wall_s=wall, status=placement.info.get("status"))
+
+    report = evaluate_placement(evaluation.experts, placement, topology, options, progress=True)
+    base_report = (
+        report
+        if baseline is placement
+        else evaluate_placement(evaluation.experts, baseline, topology, options)
+    )
+    placement.save(ctx.artifact("placement.json"))
+    baseline.save(ctx.artifact("contiguous.json"))
+    arrays = report.arrays()
+    arrays.update({f"contiguous_{k}": v for k, v in base_report.arrays().items()})
+    atomic_savez(ctx.artifact("costs.npz"), **arrays)
+
+    metrics = compare(report, base_report)
+    metrics.update(placement_metrics(placement, wall))
+    metrics["profile_tokens"] = float(profile.num_tokens)
+    series = report.layer_series()
+    series["contiguous_layer_time_tail_s"] = base_report.layer_series()["layer_time_tail_s"]
+    series["contiguous_cross_gpu_tokens"] = base_report.layer_series()["cross_gpu_tokens"]
+    return RunOutput(metrics=metrics, series=series, series_step={k: "layer" for k in series})
+
+
+def _short_info(info: Mapping[str, Any]) -> str:
+    keep = ("status", "objective", "bound", "gap", "solve_time_s", "notes")
+    return ", ".join(f"{k}={info[k]}" for k in keep if k in info) or "-"

@@ -1,0 +1,86 @@
+"""Solver plumbing: both solvers report status, objective, bound, gap; time limits stop a hard problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pulp
+import pytest
+
+from common.errors import ConfigError
+from moe.placement import milp
+
+
+def _partition(num_items: int, num_bins: int, seed: int) -> pulp.LpProblem:
+    """Number partitioning: hard to prove optimal for many items (the LP bound is 0)."""
+    w = np.random.default_rng(seed).integers(10**5, 10**6, size=num_items)
+    prob = pulp.LpProblem("partition", pulp.LpMinimize)
+    x = {
+        (b, i): prob.add_variable(f"x_{b}_{i}", cat=pulp.LpBinary)
+        for b in range(num_bins)
+        for i in range(num_items)
+    }
+    d = [prob.add_variable(f"d_{b}", lowBound=0) for b in range(num_bins)]
+    mean = float(w.sum()) / num_bins
+    prob += pulp.lpSum(d)
+    for i in range(num_items):
+        prob += pulp.lpSum(x[b, i] for b in range(num_bins)) == 1
+    for b in range(num_bins):
+        t = pulp.lpSum(int(w[i]) * x[b, i] for i in range(num_items))
+        prob += d[b] >= t - mean
+        prob += d[b] >= mean - t
+    return prob
+
+
+@pytest.mark.parametrize("solver", milp.SOLVERS)
+def test_small_problem_optimal_with_bound_and_constant(solver: str) -> None:
+    prob = pulp.LpProblem("small", pulp.LpMinimize)
+    x = prob.add_variable("x", 0, 10, cat=pulp.LpInteger)
+    y = prob.add_variable("y", 0, 10, cat=pulp.LpInteger)
+    prob += pulp.LpAffineExpression([(x, -1), (y, -1)], constant=100)
+    prob += 2 * x + 3 * y <= 12.5
+    res = milp.solve(prob, milp.SolverOptions(solver=solver, gap=0.0))
+    assert res.status == milp.OPTIMAL
+    assert res.objective == pytest.approx(94.0) and res.bound == pytest.approx(94.0) and res.gap == 0.0
+    assert res.size.variables == 2 and res.size.integer_variables == 2 and res.size.constraints == 1
+    assert res.to_info()["size"]["nonzeros"] == 2
+
+
+@pytest.mark.parametrize("solver", milp.SOLVERS)
+def test_time_limit_stops_with_best_solution(solver: str) -> None:
+    prob = _partition(40, 4, seed=0)
+    res = milp.solve(prob, milp.SolverOptions(solver=solver, gap=0.0, time_limit_s=1.0))
+    assert res.status in (milp.TIME_LIMIT, milp.OPTIMAL)
+    if res.status == milp.TIME_LIMIT:
+        assert res.objective is not None and (res.bound is None or res.bound <= res.objective)
+    # generous: the solver's own limit plus process start-up on a busy machine; it must not run on
+    assert res.solve_time_s < 15
+
+
+def test_infeasible_is_reported() -> None:
+    prob = pulp.LpProblem("inf", pulp.LpMinimize)
+    x = prob.add_variable("x", 0, 1, cat=pulp.LpBinary)
+    prob += x
+    prob += x >= 2
+    for solver in milp.SOLVERS:
+        assert milp.solve(prob, milp.SolverOptions(solver=solver)).status == milp.INFEASIBLE
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"solver": "gurobi"}, "solver"),
+        ({"gap": 1.5}, "gap"),
+        ({"time_limit_s": 0}, "time_limit_s"),
+        ({"threads": 0}, "threads"),
+    ],
+)
+def test_bad_options(kwargs: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        milp.SolverOptions(**kwargs)
+
+
+def test_relative_gap() -> None:
+    assert milp.relative_gap(10.0, 9.0) == pytest.approx(0.1)
+    assert milp.relative_gap(0.0, 0.0) == 0.0
+    assert milp.relative_gap(0.0, -1.0) is None
+    assert milp.relative_gap(None, 1.0) is None

@@ -1,0 +1,227 @@
+"""The placement runner (mode=place), the experiment presets and the paper comparison table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from common.errors import ConfigError
+from common.experiment import run_experiment
+from moe.paper_numbers import PAPER_RESULTS
+from moe.placement.base import Placement
+from moe.report import comparison_rows, moe_comparison_table
+from runners.hydra_entry import CONF_DIR
+from runners.moe_place import cap_time_limit, run
+
+REPO = Path(__file__).resolve().parents[2]
+REAL_TRACE = REPO / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
+PLACEMENTS = ["contiguous", "round_robin", "random", "greedy", "eplb", "exflow", "moetuner"]
+
+
+def eval_override() -> str:
+    """``eval=default`` once conf/moe.yaml lists the eval group, ``+eval=default`` before."""
+    listed = "- eval:" in (Path(CONF_DIR) / "moe.yaml").read_text()
+    return "eval=default" if listed else "+eval=default"
+
+
+def config(*overrides: str) -> dict:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="moe", overrides=[eval_override(), *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+QUICK = (
+    "trace=synthetic",
+    "trace.tokens=6000",
+    "trace.max_tokens=6000",
+    "eval.batch_tokens=512",
+    "topology=paper_multi_node",
+)
+
+
+def place(tmp_path: Path, name: str, *overrides: str, seed: int = 0) -> dict:
+    cfg = config(*QUICK, f"placement={name}", f"seed={seed}", *overrides)
+    run_dir = tmp_path / f"{name}-{seed}"
+    run_experiment(cfg, "moe", run, run_dir=run_dir)
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def test_run_records_every_metric_and_the_ratios(tmp_path):
+    rec = place(tmp_path, "greedy")
+    m = rec["metrics"]
+    for key in (
+        "balancedness_mean",
+        "cross_gpu_tokens",
+        "cross_node_tokens",
+        "layer_time_tail_s",
+        "speedup_vs_contiguous",
+        "solve_time_s",
+        "token_time_tail_reduction",
+        "a2a_time_mean_reduction",
+        "layer_time_tail_p99_s",
+    ):
+        assert key in m, key
+    assert m["speedup_vs_contiguous"] == pytest.approx(
+        m["contiguous_layer_time_tail_s"] / m["layer_time_tail_s"]
+    )
+    assert m["token_time_tail_reduction"] == pytest.approx(
+        1 - m["token_time_tail_s"] / m["contiguous_token_time_tail_s"]
+    )
+    assert 0 < m["balancedness_mean"] <= 1
+    # greedy balances load: at least as balanced as contiguous on the evaluation part, here strictly
+    assert m["balancedness_mean"] > m["contiguous_balancedness_mean"]
+    assert m["cross_node_tokens"] > 0  # two nodes
+    assert len(rec["series"]["balancedness"]) == 32 and rec["series_step"]["balancedness"] == "layer"
+    placement = Placement.load(tmp_path / "greedy-0" / "placement.json")
+    assert (placement.name, placement.num_gpus, placement.num_layers) == ("greedy", 4, 32)
+    with np.load(tmp_path / "greedy-0" / "costs.npz") as arrays:
+        assert arrays["dispatch"].shape == (32, 4, 4) == arrays["contiguous_dispatch"].shape
+    assert set(rec["artifacts"]) >= {"placement.json", "contiguous.json", "costs.npz"}
+
+
+def test_contiguous_against_itself_is_exactly_one(tmp_path):
+    m = place(tmp_path, "contiguous")["metrics"]
+    assert m["speedup_vs_contiguous"] == 1.0
+    assert m["layer_time_tail_reduction"] == 0.0
+    assert "gap" not in m
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    a = place(tmp_path / "a", "random", seed=3)["metrics"]
+    b = place(tmp_path / "b", "random", seed=3)["metrics"]
+    for key in ("place_time_s", "solve_time_s"):
+        a.pop(key), b.pop(key)
+    assert a == b
+
+
+def test_solver_placement_reports_gap_and_is_capped(tmp_path):
+    m = place(tmp_path, "moetuner", "+placement_time_limit_s=3", "trace.max_tokens=3000")["metrics"]
+    assert "gap" in m and m["solve_time_s"] >= 0
+    assert m["place_time_s"] < 3 + 10  # the cap reaches the solver (generous margin for set-up)
+
+
+def test_bad_topology_fails_before_any_output(tmp_path):
+    cfg = config(*QUICK, "placement=greedy", "topology.ep_ranks=3")
+    with pytest.raises(ConfigError, match="topology.ep_ranks"):
+        run_experiment(cfg, "moe", run, run_dir=tmp_path)
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_cap_time_limit():
+    assert cap_time_limit({"time_limit_s": 60, "gap": 0.1}, 5) == {"time_limit_s": 5, "gap": 0.1}
+    assert cap_time_limit({"time_limit_s": 2}, 5) == {"time_limit_s": 2}
+    assert cap_time_limit({}, 5) == {}
+    assert cap_time_limit({"time_limit_s": 60}, None) == {"time_limit_s": 60}
+    with pytest.raises(ConfigError, match="placement_time_limit_s"):
+        cap_time_limit({}, -1)
+
+
+@pytest.mark.parametrize("name", ["moetuner_single_node", "moetuner_multi_node"])
+def test_presets_sweep_every_placement_both_traces_and_seeds(name):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="moe", overrides=[eval_override(), f"experiment={name}"], return_hydra_config=True
+        )
+    topo = "paper_single_node" if "single" in name else "paper_multi_node"
+    assert cfg.topology.name == topo
+    assert cfg.trace.max_tokens and cfg.placement_time_limit_s and cfg.eval.batch_tokens
+    params = cfg.hydra.sweeper.params
+    assert params.placement.split(",") == PLACEMENTS
+    assert params.trace.split(",") == ["synthetic", "deepseek_v2_lite"]
+    assert len(str(params.seed).split(",")) >= 3
+    for p in PLACEMENTS:
+        assert (Path(CONF_DIR) / "placement" / f"{p}.yaml").exists()
+
+
+def fake_record(trace: str, topology: str, placement: str, seed: int, reduction: float) -> dict:
+    metrics = {
+        "token_time_tail_reduction": reduction,
+        "token_time_mean_reduction": reduction / 2,
+        "a2a_time_tail_reduction": reduction,
+        "a2a_time_mean_reduction": reduction,
+        "layer_time_tail_reduction": reduction,
+        "speedup_vs_contiguous": 1 / (1 - reduction),
+        "balancedness_mean": 0.9,
+        "cross_gpu_tokens_vs_contiguous": 0.5,
+        "solve_time_s": 1.0,
+    }
+    cfg = {
+        "mode": "place",
+        "trace": {"name": trace},
+        "topology": {"name": topology},
+        "placement": {"name": placement},
+    }
+    return {"suite": "moe", "config": cfg, "metrics": metrics, "seed": seed}
+
+
+def test_comparison_rows_average_over_seeds_next_to_the_paper(tmp_path):
+    records = [
+        fake_record("deepseek_v2_lite", "paper_single_node", "moetuner", 0, 0.2),
+        fake_record("deepseek_v2_lite", "paper_single_node", "moetuner", 1, 0.4),
+        fake_record("deepseek_v2_lite", "paper_single_node", "greedy", 0, 0.1),
+        {"suite": "fed", "config": {}, "metrics": {"accuracy": 1.0}, "seed": 0},  # ignored
+    ]
+    rows = comparison_rows(records)
+    assert [r["placement"] for r in rows] == ["greedy", "moetuner"]
+    mt = rows[1]
+    assert mt["seeds"] == 2
+    assert mt["token_time_tail_reduction_mean"] == pytest.approx(0.3)
+    assert mt["token_time_tail_reduction_std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert mt["paper_token_time_tail_reduction"] == PAPER_RESULTS["single_node"]["token_time_tail_reduction"]
+    assert np.isnan(rows[0]["paper_token_time_tail_reduction"])  # the paper reports MoETuner only
+    paths = moe_comparison_table(records, tmp_path)
+    assert [p.name for p in paths] == ["moe_comparison.csv", "moe_comparison.md"]
+    with paths[0].open() as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 2 and table[0]["paper_token_time_tail_reduction"] == ""
+    md = paths[1].read_text()
+    assert "30.0% ± 14.1 [paper: 36.0%]" in md
+
+
+def test_comparison_table_from_real_run_records(tmp_path):
+    records = [place(tmp_path, name, seed=s) for name in ("contiguous", "greedy") for s in (0, 1)]
+    rows = comparison_rows(records)
+    assert [(r["trace"], r["placement"], r["seeds"]) for r in rows] == [
+        ("synthetic:mixtral_8x7b", "contiguous", 2),
+        ("synthetic:mixtral_8x7b", "greedy", 2),
+    ]
+    assert rows[0]["speedup_vs_contiguous_mean"] == 1.0
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_the_real_trace(tmp_path):
+    if not REAL_TRACE.exists():
+        pytest.skip(f"real trace not found at {REAL_TRACE} (shared data absent)")
+    cmd = [
+        sys.executable, "-m", "runners.moe", "mode=place", "trace=deepseek_v2_lite", "trace.max_tokens=20000",
+        "placement=greedy", "topology=h100_node8", eval_override(), "eval.batch_tokens=2048",
+        f"hydra.run.dir={tmp_path}",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rec = json.loads((tmp_path / "result.json").read_text())
+    assert rec["metrics"]["balancedness_mean"] > rec["metrics"]["contiguous_balancedness_mean"]
+
+
+@pytest.mark.slow
+def test_cli_bad_config_is_one_clear_line(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "runners.moe",
+        "topology.ep_ranks=3",
+        eval_override(),
+        f"hydra.run.dir={tmp_path}",
+    ]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 2
+    assert "error: config key 'topology.ep_ranks'" in out.stderr
+    assert not (tmp_path / "result.json").exists()
