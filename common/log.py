@@ -36,7 +36,10 @@ def get_logger(name: str | None = None) -> logging.Logger:
             from rich.logging import RichHandler
 
             handler: logging.Handler = RichHandler(
-                console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
+                console=Console(stderr=True, width=None if sys.stderr.isatty() else 160),
+                show_path=False,
+                rich_tracebacks=False,
+                markup=False,
             )
             handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
         except ImportError:  # pragma: no cover - rich is a dependency

@@ -34,7 +34,9 @@ class Step:
 
     name: str
     runner: str  # module, e.g. runners.moe
-    preset: str  # conf/experiment/<preset>.yaml
+    sweeps: list[
+        list[str]
+    ]  # one multirun per entry (its overrides, e.g. ["experiment=moetuner_single_node"])
     by: list[str]  # group-by keys of the generic table
     metrics: list[str]
     quick: list[str] = field(default_factory=list)  # extra overrides in quick mode
@@ -67,22 +69,26 @@ def _register() -> None:
 
 
 def run_step(step: Step, mode: str, out_root: Path, sweep_root: Path, dry_run: bool = False) -> list[Path]:
-    """Run one step's multirun (resumable) and write its tables; returns the files written."""
+    """Run one step's multiruns (resumable) and write its tables; returns the files written."""
     log = get_logger("reproduce")
     sweep = sweep_root / mode / step.name
     overrides = step.quick if mode == "quick" else step.full
-    cmd = [
-        sys.executable, "-m", step.runner, "-m", f"experiment={step.preset}",
-        f"hydra.sweep.dir={sweep}", "resume=true", f"resume_dir={sweep}", *overrides,
-    ]  # fmt: skip
-    log.info(f"[{step.name}] {' '.join(cmd[1:])}")
-    if dry_run:
-        return []
     t0 = time.perf_counter()
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "WANDB_MODE": "offline", "SUITE_PROGRESS": "0"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: step '{step.name}' failed with exit status {proc.returncode}")
+    for k, sweep_overrides in enumerate(step.sweeps):
+        part = sweep / str(k)
+        cmd = [
+            sys.executable, "-m", step.runner, "-m", *sweep_overrides,
+            f"hydra.sweep.dir={part}", "resume=true", f"resume_dir={part}", *overrides,
+        ]  # fmt: skip
+        log.info(f"[{step.name}] {' '.join(cmd[1:])}")
+        if dry_run:
+            continue
+        proc = subprocess.run(cmd, cwd=REPO, env=env, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: step '{step.name}' failed with exit status {proc.returncode}")
+    if dry_run:
+        return []
     records, problems = load_records([sweep])
     for p in problems:
         log.warning(f"skipped: {p}")
