@@ -8,7 +8,7 @@ Schema (``SCHEMA``)::
       "status": "complete",
       "config": {...resolved config...},
       "config_hash": "sha256 hex, 16 chars",
-      "metrics": {"name": number, ...},          # flat
+      "metrics": {"name": number | null, ...},   # flat; null = undefined (0/0) or non-finite
       "series": {"name": [number, ...], ...},    # optional per-round / per-layer lists
       "series_step": {"name": "round" | "layer" | ...},
       "seed": int,
@@ -67,8 +67,8 @@ class RunRecord:
         if not self.config_hash:
             self.config_hash = config_hash(self.config)
         for name, value in self.metrics.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise RecordError(f"metric '{name}' must be a number, got {type(value).__name__}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise RecordError(f"metric '{name}' must be a number or null, got {type(value).__name__}")
         self.metrics = {k: _finite_or_none(v) for k, v in self.metrics.items()}
         self.series = {k: [_finite_or_none(x) for x in v] for k, v in self.series.items()}
 

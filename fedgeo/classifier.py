@@ -45,8 +45,13 @@ def train_epochs(
     lr: float,
     seed: int,
     weight_decay: float = 0.0,
+    min_steps: int = 0,
 ) -> list[float]:
     """Train ``model`` in place with Adam on cross-entropy for ``epochs`` passes over ``(X, y)``.
+
+    ``min_steps`` raises the number of passes until at least that many optimiser steps are taken, so that a
+    small local set (no augmentation) is trained as far as a large one and comparisons are not confounded by
+    under-training: passes = ``max(epochs, ceil(min_steps / ceil(n / batch_size)))``.
 
     Args:
         X: ``float32 [n, d]``. y: ``int [n]`` class ids.
@@ -54,10 +59,12 @@ def train_epochs(
         seed: seeds the minibatch order.
 
     Returns:
-        The sample-weighted mean training loss of every epoch (``[epochs]``). With ``n = 0`` nothing is
+        The sample-weighted mean training loss of every pass (``[passes]``). With ``n = 0`` nothing is
         trained and the losses are empty.
     """
     _check_train(epochs, batch_size, lr)
+    if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 0:
+        raise ConfigError("train.min_steps", f"expected a non-negative integer, got {min_steps!r}")
     Xt = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
     n = Xt.shape[0]
@@ -68,6 +75,8 @@ def train_epochs(
     gen = torch.Generator().manual_seed(int(seed))
     losses: list[float] = []
     model.train()
+    steps_per_epoch = -(-n // batch_size)
+    epochs = max(epochs, -(-min_steps // steps_per_epoch))
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         total = 0.0

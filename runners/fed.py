@@ -209,6 +209,7 @@ def run_local(ctx: RunContext) -> RunOutput:
             lr=t.get("lr", 1e-3),
             seed=derive_seed(seed, "batches", k),
             weight_decay=float(t.get("weight_decay", 0.0)),
+            min_steps=t.get("min_steps", 0),
         )
         pred = predict(model, X_test)
         acc = float(np.mean(pred == test.labels))

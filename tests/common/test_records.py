@@ -91,7 +91,7 @@ def test_missing_folder_is_named(tmp_path):
 def test_unknown_suite_and_non_numeric_metric_are_refused():
     with pytest.raises(RecordError, match="suite"):
         RunRecord(suite="x", config={}, metrics={}, seed=0, started="", duration_s=0)
-    with pytest.raises(RecordError, match="metric 'a'"):
+    with pytest.raises(RecordError, match="metric .a. must be a number or null"):
         make_record({"a": "text"})
 
 
@@ -102,3 +102,9 @@ def test_atomic_json_refuses_nan_without_touching_target(tmp_path):
         atomic_write_json(target, {"bad": float("nan")})
     assert json.loads(target.read_text()) == {"ok": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_undefined_metric_round_trips_as_null(tmp_path):
+    """A ratio that is 0/0 (cross-node volume on one node) is stored as null and read back as None."""
+    write_record(tmp_path, make_record({"ratio": float("nan"), "x": 1.0}))
+    assert read_record(tmp_path).metrics == {"ratio": None, "x": 1.0}
