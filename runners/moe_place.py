@@ -123,13 +123,45 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float | np.number) and not isinstance(x, bool)
 
 
+def with_model_dims(topology_cfg: Any, model: Any) -> Any:
+    """The topology config with the traced model's token size and expert FLOPs, when the trace names them.
+
+    A trace config may carry ``model: {hidden_size, expert_flops_per_token}`` (the real DeepSeek-V2-Lite
+    trace does); these replace the topology's (Mixtral-8x7B) values so that the ratio of compute to
+    communication time is that of the model that made the trace. A measured ``compute.time_per_token_s``
+    in the topology still wins over FLOPs.
+    """
+    if not model or not isinstance(topology_cfg, dict):
+        return topology_cfg
+    if not isinstance(model, dict):
+        raise ConfigError(
+            "trace.model", f"expected a mapping with hidden_size / expert_flops_per_token, got {model!r}"
+        )
+    unknown = sorted(set(model) - {"hidden_size", "expert_flops_per_token"})
+    if unknown:
+        raise ConfigError(
+            "trace.model", f"unknown keys {unknown}; allowed: hidden_size, expert_flops_per_token"
+        )
+    out = dict(topology_cfg)
+    if model.get("hidden_size") is not None:
+        out["hidden_size"] = model["hidden_size"]
+    if model.get("expert_flops_per_token") is not None:
+        out["compute"] = {
+            **(out.get("compute") or {}),
+            "expert_flops_per_token": model["expert_flops_per_token"],
+        }
+    return out
+
+
 def run(ctx: RunContext) -> RunOutput:
     """Profile, place, evaluate, compare with contiguous; see the module docstring."""
     from runners.moe_inputs import load_traces
 
     cfg = ctx.config
     log = ctx.log
-    topology = topology_from_config(cfg.get("topology"))
+    topology = topology_from_config(
+        with_model_dims(cfg.get("topology"), (cfg.get("trace") or {}).get("model"))
+    )
     options = eval_options_from_config(cfg.get("eval"))
     name, algo_options = placement_spec(cfg.get("placement"))
     algo_options = cap_time_limit(algo_options, cfg.get("placement_time_limit_s"))

@@ -225,3 +225,18 @@ def test_cli_bad_config_is_one_clear_line(tmp_path):
     assert out.returncode == 2
     assert "error: config key 'topology.ep_ranks'" in out.stderr
     assert not (tmp_path / "result.json").exists()
+
+
+def test_trace_model_dims_replace_the_topology_values():
+    import pytest
+
+    from common.errors import ConfigError
+    from runners.moe_place import with_model_dims
+
+    topo = {"hidden_size": 4096, "compute": {"expert_flops_per_token": 1, "gpu_tflops": 989}}
+    out = with_model_dims(topo, {"hidden_size": 2048, "expert_flops_per_token": 17301504})
+    assert out == {"hidden_size": 2048, "compute": {"expert_flops_per_token": 17301504, "gpu_tflops": 989}}
+    assert topo["hidden_size"] == 4096  # the input is not modified
+    assert with_model_dims(topo, None) is topo
+    with pytest.raises(ConfigError, match="trace.model"):
+        with_model_dims(topo, {"hidden": 1})
