@@ -9,9 +9,10 @@ The rules (documented with examples in ``docs/cost_model.md``):
   After layer l, ``token_movement`` decides where a token is: ``follow`` (default, MoETuner's premise) on the
   GPU that processed its top-1 expert (the first expert in the trace's router order); ``home``: back on the
   GPU it started on (Megatron-style combine to the source).
-- Replicas: a token on GPU s picks, for expert e, the replica on s if there is one, else the replicas on s's
-  node, else all replicas; among several candidates it takes candidate ``t % n`` (t = token index in the
-  evaluation set, n = candidates), a deterministic, even split.
+- Replicas (``replica_choice``): ``even`` (default) spreads an expert's tokens evenly over all its replicas
+  (token t takes candidate ``t % n``), the split that EPLB-style balancers plan for and that serving engines
+  make; ``local``: a token on GPU s picks the replica on s if there is one, else the replicas on s's node,
+  else all replicas (``t % n`` among those), which saves traffic but can undo the balance.
 - Dispatch (before the experts): token t is sent from its position to every GPU holding one of its experts;
   with ``dedupe_dispatch`` once per destination GPU (engines dedupe), else once per copy. Sending to itself
   is local (counted on the diagonal, never timed). Combine (after the experts): each GPU that processed some
@@ -44,7 +45,15 @@ from moe.topology import GB, Topology
 
 FIRST_LAYER_STARTS = ("uniform", "round_robin")
 TOKEN_MOVEMENTS = ("follow", "home")
-_EVAL_KEYS = {"batch_tokens", "first_layer_start", "token_movement", "dedupe_dispatch", "percentiles"}
+REPLICA_CHOICES = ("even", "local")
+_EVAL_KEYS = {
+    "batch_tokens",
+    "first_layer_start",
+    "token_movement",
+    "dedupe_dispatch",
+    "percentiles",
+    "replica_choice",
+}
 
 
 # ---------------------------------------------------------------------- options
@@ -59,6 +68,7 @@ class EvalOptions:
         token_movement: ``follow`` or ``home``.
         dedupe_dispatch: send a token once per destination GPU (True) or once per expert copy (False).
         percentiles: percentiles over batches to report for the tail times (each in [0, 100]).
+        replica_choice: ``even`` or ``local`` (how a token picks among an expert's replicas).
     """
 
     batch_tokens: int | None = 8192
@@ -66,6 +76,7 @@ class EvalOptions:
     token_movement: str = "follow"
     dedupe_dispatch: bool = True
     percentiles: tuple[float, ...] = (50.0, 90.0, 99.0)
+    replica_choice: str = "even"
 
     def __post_init__(self) -> None:
         bt = self.batch_tokens
@@ -75,6 +86,10 @@ class EvalOptions:
             raise ConfigError(
                 "eval.first_layer_start",
                 f"expected one of {list(FIRST_LAYER_STARTS)}, got {self.first_layer_start!r}",
+            )
+        if self.replica_choice not in REPLICA_CHOICES:
+            raise ConfigError(
+                "eval.replica_choice", f"expected one of {list(REPLICA_CHOICES)}, got {self.replica_choice!r}"
             )
         if self.token_movement not in TOKEN_MOVEMENTS:
             raise ConfigError(
@@ -121,13 +136,17 @@ class RouteTable:
     count: np.ndarray
 
 
-def route_table(placement: Placement, node_of: np.ndarray) -> RouteTable:
-    """The replica-choice table of ``placement`` (rule: own GPU, else own node, else all replicas).
+def route_table(placement: Placement, node_of: np.ndarray, rule: str = "local") -> RouteTable:
+    """The replica-choice table of ``placement``.
 
     Args:
         placement: ``L`` layers, ``G`` GPUs, ``E`` experts.
         node_of: int ``[G]``, the node of each GPU.
+        rule: ``local`` (own GPU, else own node, else all replicas) or ``even`` (all replicas, whatever the
+            token's GPU).
     """
+    if rule not in REPLICA_CHOICES:
+        raise ConfigError("eval.replica_choice", f"expected one of {list(REPLICA_CHOICES)}, got {rule!r}")
     holders = placement.expert_share() > 0  # [L, G, E]
     num_layers, g, e = holders.shape
     if not placement.has_replicas:
@@ -142,7 +161,9 @@ def route_table(placement: Placement, node_of: np.ndarray) -> RouteTable:
         for ei in range(e):
             h = np.flatnonzero(holders[li, :, ei])
             for s in range(g):
-                if holders[li, s, ei]:
+                if rule == "even":
+                    cand = h
+                elif holders[li, s, ei]:
                     cand = np.array([s])
                 else:
                     on_node = h[node_of[h] == node_of[s]]
@@ -380,7 +401,7 @@ def evaluate_placement(
     n = min(opts.batch_tokens or t_all, t_all)
     nb = t_all // n
     used = nb * n
-    routes = route_table(placement, topology.node_of())
+    routes = route_table(placement, topology.node_of(), opts.replica_choice)
     multi = routes.choice.shape[-1] > 1
     inv_bw = topology.inverse_bandwidth_s_per_byte()
     cross = topology.cross_node()

@@ -40,7 +40,9 @@ def reference_counts(
             dests = []
             for e in experts[t, li].tolist():
                 h = holders[li][e]
-                if pos in h:
+                if options.replica_choice == "even":
+                    cand = h
+                elif pos in h:
                     cand = [pos]
                 else:
                     cand = [x for x in h if node[x] == node[pos]] or h

@@ -34,9 +34,16 @@ TABLE_METRICS = (
     "solve_time_s",
 )
 PERCENT = {m for m in TABLE_METRICS if m.endswith("_reduction")}
-PLACEMENT_ORDER = ("contiguous", "round_robin", "random", "greedy", "eplb", "exflow", "moetuner")
+PLACEMENT_ORDER = (
+    "contiguous", "round_robin", "random", "greedy", "eplb", "exflow", "moetuner", "moetuner+replicas",
+)  # fmt: skip
 CSV_NAME = "moe_comparison.csv"
 MD_NAME = "moe_comparison.md"
+
+
+def placement_label(placement_cfg: Mapping[str, Any]) -> str:
+    """The name a placement has in tables: its ``label`` if the config gives one, else its ``name``."""
+    return str(placement_cfg.get("label") or placement_cfg["name"])
 
 
 def trace_label(trace_cfg: Mapping[str, Any]) -> str:
@@ -68,7 +75,11 @@ def comparison_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
         if not _is_place_record(rec):
             continue
         cfg = rec["config"]
-        key = (trace_label(cfg.get("trace", {})), str(cfg["topology"]["name"]), str(cfg["placement"]["name"]))
+        key = (
+            trace_label(cfg.get("trace", {})),
+            str(cfg["topology"]["name"]),
+            placement_label(cfg["placement"]),
+        )
         groups.setdefault(key, []).append(rec)
 
     def order(key: tuple[str, str, str]) -> tuple[str, str, int, str]:

@@ -50,13 +50,16 @@ REDUCTION_METRICS = (
 
 
 def placement_spec(cfg: Any) -> tuple[str, dict[str, Any]]:
-    """(name, options) from a ``placement`` config node: ``name`` plus the algorithm's own options."""
+    """(name, options) from a ``placement`` config node: ``name`` plus the algorithm's own options.
+
+    ``label`` (the name shown in tables, e.g. ``moetuner+replicas``) is not an algorithm option and is dropped.
+    """
     if not isinstance(cfg, Mapping):
         raise ConfigError("placement", f"expected a mapping with a 'name' key, got {cfg!r}")
     name = cfg.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError("placement.name", f"expected a placement name, got {name!r}")
-    return name, {k: v for k, v in cfg.items() if k != "name"}
+    return name, {k: v for k, v in cfg.items() if k not in ("name", "label")}
 
 
 def cap_time_limit(options: dict[str, Any], cap: Any) -> dict[str, Any]:

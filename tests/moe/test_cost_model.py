@@ -122,9 +122,23 @@ def test_replicas_prefer_own_gpu_then_node_then_split_evenly():
     t3 = route_table(p3, np.array([0, 1, 1, 2]))
     assert t3.count[0, 3, 0] == 3 and sorted(t3.choice[0, 3, 0]) == [0, 1, 2]
     experts = np.zeros((300, 1, 1), dtype=np.int64)
-    r = evaluate_placement(experts, p3, toy_topology(num_nodes=4, per_node=1), EvalOptions(batch_tokens=300))
+    opts = EvalOptions(batch_tokens=300, replica_choice="local")
+    r = evaluate_placement(experts, p3, toy_topology(num_nodes=4, per_node=1), opts)
     # uniform start: 75 tokens per GPU; GPUs 0,1,2 hold expert 0 (local); GPU 3's 75 are split 25/25/25
     np.testing.assert_array_equal(r.tokens_per_gpu[0], [100, 100, 100, 0])
+
+
+def test_even_replica_choice_keeps_the_planned_split_when_tokens_crowd_one_gpu():
+    # expert 0 on GPUs 0 and 1; every token starts on GPU 0 (round_robin start with one token per batch)
+    p = Placement([[[0], [0, 1]]], num_experts=2)
+    experts = np.zeros((400, 1, 1), dtype=np.int64)
+    topo = toy_topology(num_nodes=1, per_node=2)
+    local = evaluate_placement(experts, p, topo, EvalOptions(batch_tokens=1, replica_choice="local"))
+    even = evaluate_placement(experts, p, topo, EvalOptions(batch_tokens=1, replica_choice="even"))
+    np.testing.assert_array_equal(local.tokens_per_gpu[0], [400, 0])  # all stay on their own GPU's copy
+    np.testing.assert_array_equal(even.tokens_per_gpu[0], [200, 200])  # split as a balancer plans
+    with pytest.raises(ConfigError, match="eval.replica_choice"):
+        EvalOptions(replica_choice="nearest")
 
 
 def test_nic_model_slows_cross_node_transfers():
@@ -223,7 +237,8 @@ def test_real_trace_totals():
 @pytest.mark.parametrize("movement", ["follow", "home"])
 @pytest.mark.parametrize("start", ["uniform", "round_robin"])
 @pytest.mark.parametrize("dedupe", [True, False])
-def test_vectorised_counts_equal_the_per_token_reference(movement, start, dedupe):
+@pytest.mark.parametrize("replica_choice", ["even", "local"])
+def test_vectorised_counts_equal_the_per_token_reference(movement, start, dedupe, replica_choice):
     from moe.cost_model_reference import reference_counts
 
     rng = np.random.default_rng(7)
@@ -243,7 +258,11 @@ def test_vectorised_counts_equal_the_per_token_reference(movement, start, dedupe
     assert p.has_replicas
     topo = toy_topology(num_nodes=2, per_node=2)
     opts = EvalOptions(
-        batch_tokens=128, first_layer_start=start, token_movement=movement, dedupe_dispatch=dedupe
+        batch_tokens=128,
+        first_layer_start=start,
+        token_movement=movement,
+        dedupe_dispatch=dedupe,
+        replica_choice=replica_choice,
     )
     r = evaluate_placement(experts, p, topo, opts)
     ref = reference_counts(experts, p, topo, opts)

@@ -134,7 +134,7 @@ def test_presets_sweep_every_placement_both_traces_and_seeds(name):
     assert cfg.topology.name == topo
     assert cfg.trace.max_tokens and cfg.placement_time_limit_s and cfg.eval.batch_tokens
     params = cfg.hydra.sweeper.params
-    assert params.placement.split(",") == PLACEMENTS
+    assert params.placement.split(",") == [*PLACEMENTS, "moetuner_replicas"]
     assert params.trace.split(",") == ["synthetic", "deepseek_v2_lite"]
     assert len(str(params.seed).split(",")) >= 3
     for p in PLACEMENTS:
@@ -240,3 +240,13 @@ def test_trace_model_dims_replace_the_topology_values():
     assert with_model_dims(topo, None) is topo
     with pytest.raises(ConfigError, match="trace.model"):
         with_model_dims(topo, {"hidden": 1})
+
+
+def test_placement_label_names_variants_in_tables():
+    from moe.report import placement_label
+    from runners.moe_place import placement_spec
+
+    cfg = {"name": "moetuner", "label": "moetuner+replicas", "replicas": 4}
+    assert placement_label(cfg) == "moetuner+replicas"
+    assert placement_label({"name": "greedy"}) == "greedy"
+    assert placement_spec(cfg) == ("moetuner", {"replicas": 4})  # the label is not an algorithm option
