@@ -40,6 +40,7 @@ def test_every_preset_places_the_real_trace(name: str, arrays) -> None:
     p, r = arrays
     opts = _preset(name)
     assert opts.pop("name") == name
+    assert opts.pop("label") == name  # the table label, dropped by runners.moe_place.placement_spec
     assert set(opts) <= set(OPTIONS[name])
     if "time_limit_s" in opts:
         opts["time_limit_s"] = 3
