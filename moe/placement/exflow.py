@@ -86,8 +86,9 @@ def _sweeps(pairs: np.ndarray, members: list[np.ndarray], parts: int, deadline: 
     return part, done
 
 
-def _ilp(pairs, members, parts, options, time_limit_s, warm):
-    """The joint integer program over all layers; returns (part or None, SolveResult)."""
+def _ilp(pairs, members, parts, options, deadline, warm):
+    """The joint integer program over all layers, solved by ``deadline`` (``time.monotonic`` seconds; model
+    building included); returns (part or None, SolveResult)."""
     num_layers = len(members)
     n = members[0].size
     cap = n // parts
@@ -117,7 +118,8 @@ def _ilp(pairs, members, parts, options, time_limit_s, warm):
             prob += pulp.lpSum(x[li, i, g] for i in range(n)) == cap
     for (li, i, g), var in x.items():
         var.setInitialValue(1 if warm[li, i] == g else 0)
-    res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=True)
+    left = max(0.05, deadline - time.monotonic())
+    res = milp.solve(prob, options, time_limit_s=left, warm_start=True, deadline=deadline)
     if not res.has_solution:
         return None, res
     part = np.full((num_layers, n), -1, dtype=np.int64)
@@ -199,9 +201,9 @@ def exflow(
         rep: dict = {"parts": parts, "method": "sweeps", "sweeps": sweeps}
         size = _ilp_size(r, members, parts)
         if method in ("auto", "ilp") and size <= max_vars and num_layers > 1:
-            left = max(0.05, budget_end - time.monotonic())
-            sol, res = _ilp(r, members, parts, opts, left, part)
+            sol, res = _ilp(r, members, parts, opts, budget_end, part)
             rep.update(res.to_info())
+            notes.extend(f"ExFlow ILP ({parts} parts): {note}" for note in res.notes)
             if sol is not None and _cross(r, members, sol) <= _cross(r, members, part):
                 part = sol
                 rep["method"] = "ilp"

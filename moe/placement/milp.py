@@ -1,10 +1,10 @@
 """Shared PuLP plumbing for the solver-based placements: pick a solver, solve with a gap and a time limit,
 read back status, objective, best bound, gap, solve time and problem size.
 
-Two solvers: ``highs`` (``pulp.HiGHS`` over the installed ``highspy``; the best bound is HiGHS's
-``mip_dual_bound``) and ``cbc`` (``pulp.PULP_CBC_CMD``, the CBC binary bundled with PuLP; the best bound is
-parsed from its log). A bound the solver does not give is reported as ``None``, never invented. Every solve
-has a time limit, so nothing hangs.
+Two solvers: ``highs`` (the installed ``highspy``, run in a worker process that is killed when HiGHS overruns
+its deadline; the best bound is HiGHS's ``mip_dual_bound``) and ``cbc`` (``pulp.PULP_CBC_CMD``, the CBC binary
+bundled with PuLP; the best bound is parsed from its log). A bound the solver does not give is reported as
+``None``, never invented. Every solve has a time limit, so nothing hangs.
 """
 
 from __future__ import annotations
@@ -131,124 +131,95 @@ def problem_size(prob: pulp.LpProblem) -> ProblemSize:
     )
 
 
+# PuLP's (status, solution status) for each of ours, as ``pulp.HiGHS`` sets them.
+_PULP_STATUS = {
+    OPTIMAL: (pulp.LpStatusOptimal, pulp.LpSolutionOptimal),
+    TIME_LIMIT: (pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible),
+    NO_SOLUTION: (pulp.LpStatusNotSolved, pulp.LpSolutionNoSolutionFound),
+    INFEASIBLE: (pulp.LpStatusInfeasible, pulp.LpSolutionInfeasible),
+}
+
+
 def solve(
     prob: pulp.LpProblem,
     options: SolverOptions,
     time_limit_s: float | None = None,
     warm_start: bool = False,
+    deadline: float | None = None,
 ) -> SolveResult:
     """Solve a minimisation ``prob`` in place (variables get their values) and report how it went.
 
     Args:
         prob: a PuLP minimisation problem.
         options: solver, gap, time limit, threads, messages.
-        time_limit_s: overrides ``options.time_limit_s`` (a budget left over from earlier solves); at least
-            0.05 s is always given.
+        time_limit_s: overrides ``options.time_limit_s`` (a budget left over from earlier solves).
         warm_start: start from the variables' current values (``var.setInitialValue``); both solvers.
+        deadline: also stop by this ``time.monotonic()`` instant (the caller's whole budget, so that time
+            spent building the model counts); the earlier of the two limits holds, but at least 0.05 s is
+            always given. HiGHS is stopped within ``GUARD_GRACE_S`` of it whatever phase it is in.
 
     Returns:
         A ``SolveResult``; on ``TIME_LIMIT``/``OPTIMAL`` the variables hold the best solution found.
     """
     if prob.sense != pulp.LpMinimize:
         raise ValueError("milp.solve: only minimisation problems")
+    now = time.monotonic()
     limit = float(options.time_limit_s if time_limit_s is None else time_limit_s)
-    limit = max(0.05, limit)
+    end = now + limit if deadline is None else min(now + limit, float(deadline))
+    end = max(end, now + 0.05)
     size = problem_size(prob)
     if options.solver == "highs":
-        return _solve_highs(prob, options, limit, warm_start, size)
-    return _solve_cbc(prob, options, limit, warm_start, size)
+        res = _solve_highs(prob, options, end, warm_start, size)
+        prob.assignStatus(*_PULP_STATUS[res.status])
+        return res
+    return _solve_cbc(prob, options, max(0.05, end - time.monotonic()), warm_start, size)
 
 
 # ---------------------------------------------------------------------------------------------------- HiGHS
-class _WarmHiGHS(pulp.HiGHS):
-    """``pulp.HiGHS`` that can hand the variables' current values to HiGHS as a starting solution."""
-
-    def __init__(self, warm_start: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._warm = warm_start
-        self._t0 = time.perf_counter()
-
-    def buildSolverModel(self, lp: pulp.LpProblem) -> None:  # noqa: N802 - PuLP's name
-        self._t0 = time.perf_counter()
-        super().buildSolverModel(lp)
-
-    def callSolver(self, lp: pulp.LpProblem) -> None:  # noqa: N802 - PuLP's name
-        if self.timeLimit is not None:  # the hand-over to HiGHS counts against the limit
-            spent = time.perf_counter() - self._t0
-            left = max(0.01, float(self.timeLimit) - spent)
-            lp.solverModel.setOptionValue("time_limit", left)
-            _interrupt_at(lp.solverModel, time.perf_counter() + left)
-        if self._warm:
-            import highspy
-
-            variables = lp.variables()
-            idx = [v.index for v in variables if v.varValue is not None]
-            val = [float(v.varValue) for v in variables if v.varValue is not None]
-            if idx:
-                sol = highspy.HighsSolution()
-                col = [0.0] * len(variables)
-                for i, x in zip(idx, val, strict=True):
-                    col[i] = x
-                sol.col_value = col
-                sol.value_valid = True
-                lp.solverModel.setSolution(sol)
-        super().callSolver(lp)
-
-
-def _interrupt_at(model: Any, deadline: float) -> None:
-    """Ask HiGHS to stop at ``deadline`` from its simplex and MIP interrupt callbacks too.
-
-    HiGHS checks ``time_limit`` only between phases; its root cut loop can overrun the limit severalfold on a
-    busy machine. The callbacks are polled inside the LP iterations, so the limit holds.
-    """
-    import highspy
-
-    def stop(_kind: Any, _msg: str, _out: Any, data_in: Any, _user: Any) -> None:
-        if time.perf_counter() >= deadline:
-            data_in.user_interrupt = True
-
-    model.setCallback(stop, None)
-    model.startCallback(highspy.cb.HighsCallbackType.kCallbackSimplexInterrupt)
-    model.startCallback(highspy.cb.HighsCallbackType.kCallbackMipInterrupt)
 
 
 def _solve_highs(
-    prob: pulp.LpProblem, options: SolverOptions, limit: float, warm: bool, size: ProblemSize
+    prob: pulp.LpProblem, options: SolverOptions, deadline: float, warm: bool, size: ProblemSize
 ) -> SolveResult:
-    import highspy
+    from moe.placement.highs_worker import GUARD_GRACE_S, highs_model, run_guarded  # imports this module
 
-    solver = _WarmHiGHS(
-        warm_start=warm,
-        msg=options.msg,
-        gapRel=options.gap,
-        gapAbs=options.abs_gap,
-        timeLimit=limit,
-        threads=options.threads,
-    )
-    t0 = time.perf_counter()
-    prob.solve(solver)
-    elapsed = time.perf_counter() - t0
-    model = prob.solverModel
-    ms = model.getModelStatus()
-    info = model.getInfo()
-    offset = float(prob.objective.constant)  # PuLP does not pass the objective's constant to HiGHS
-    has_primal = info.primal_solution_status == 2 and math.isfinite(info.objective_function_value)
-    objective = float(info.objective_function_value) + offset if has_primal else None
-    bound = float(info.mip_dual_bound) + offset if math.isfinite(info.mip_dual_bound) else None
-    if size.integer_variables == 0 and ms == highspy.HighsModelStatus.kOptimal:
-        bound = objective  # an LP solved to optimality: the objective is the bound
-    st = highspy.HighsModelStatus
-    if ms == st.kOptimal:
-        status = OPTIMAL
-    elif ms in (st.kInfeasible, st.kUnboundedOrInfeasible):
-        status = INFEASIBLE
-    elif has_primal:
-        status = TIME_LIMIT
+    t0 = time.monotonic()
+    model, variables = highs_model(prob, warm)
+    payload = {
+        "model": model,
+        "deadline": deadline,
+        "msg": options.msg,
+        "gap": options.gap,
+        "abs_gap": options.abs_gap,
+        "threads": options.threads,
+    }
+    run = run_guarded(payload, deadline)
+    offset = float(prob.objective.constant)  # the objective's constant is not part of the HiGHS model
+    notes: list[str] = []
+    if run.final is not None:
+        status, objective, bound = run.final["status"], run.final["objective"], run.final["bound"]
+        values = run.final["values"]
+        if status == OPTIMAL and size.integer_variables == 0:
+            bound = objective  # an LP solved to optimality: the objective is the bound
+        if status == NO_SOLUTION:
+            notes.append(f"HiGHS status {run.final['status_text']}")
     else:
-        status = NO_SOLUTION
+        objective, values = run.incumbent if run.incumbent is not None else (None, None)
+        bound = run.bound
+        status = TIME_LIMIT if values is not None else NO_SOLUTION
+        notes.append(
+            f"HiGHS did not stop at its time limit (it polls the limit only between steps of its root cut "
+            f"loop); stopped {GUARD_GRACE_S} s after the deadline with "
+            + ("its best solution so far" if values is not None else "no solution")
+        )
+    if values is not None:
+        for var in variables:
+            var.varValue = float(values[var.index])
+    objective = None if objective is None else objective + offset
+    bound = None if bound is None else bound + offset
     if objective is not None and bound is not None:
         bound = min(bound, objective)
-    notes = [] if status != NO_SOLUTION else [f"HiGHS status {model.modelStatusToString(ms)}"]
+    elapsed = time.monotonic() - t0
     return SolveResult(
         status=status,
         objective=objective,

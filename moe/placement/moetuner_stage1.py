@@ -15,6 +15,7 @@ Beyond the paper, three things make it fast and its gap provable:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -123,7 +124,7 @@ def solve_layer(
         num_clusters: G.
         equal_size: exactly ``E / G`` experts per cluster.
         options: solver settings (``gap`` is the stopping gap).
-        time_limit_s: seconds this layer may use in the solver.
+        time_limit_s: seconds this layer may use, counted from the call (model building included).
         abs_tol: also stop when ``objective - bound <= abs_tol * sum(load)`` (an imbalance that is a tiny part
             of the layer's tokens); the relative gap is ill-posed here since the optimum is often near 0.
 
@@ -131,6 +132,7 @@ def solve_layer(
         ``Stage1Layer``; ``report`` holds status, objective, bound (the larger of the solver's and the
         combinatorial bound), gap, solve_time_s, size, and whether the solver ran.
     """
+    deadline = time.monotonic() + time_limit_s
     e, g = load.size, num_clusters
     rank = np.empty(e, dtype=np.int64)
     rank[np.argsort(-load, kind="stable")] = np.arange(e)
@@ -173,7 +175,7 @@ def solve_layer(
         d[c].setInitialValue(abs(t[c] - mean))
     if tol > 0:
         options = replace(options, abs_gap=tol)
-    res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=True)
+    res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=True, deadline=deadline)
     cluster_of, obj = start, start_obj
     notes = list(res.notes)
     if res.has_solution:

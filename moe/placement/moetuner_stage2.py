@@ -159,8 +159,10 @@ def joint_ilp(
     """The paper's stage 2 ILP over all layers; returns the mapping (or ``None``) and the solve report.
 
     Layer 0's mapping is fixed to the identity when every off-diagonal bandwidth is equal (any GPU
-    relabelling is then a symmetry), which removes ``G!`` equivalent solutions.
+    relabelling is then a symmetry), which removes ``G!`` equivalent solutions. ``time_limit_s`` counts from
+    the call, model building included.
     """
+    deadline = time.monotonic() + time_limit_s
     num_layers, g = sizes.shape
     off = ~np.eye(g, dtype=bool)
     symmetric = bool(np.allclose(bandwidth[off], bandwidth[off][0]))
@@ -216,7 +218,7 @@ def joint_ilp(
             var.setInitialValue(1 if warm[li, c1] == g1 and warm[li + 1, c2] == g2 else 0)
         for li, val in enumerate(boundary_costs(warm, ctraffic, bandwidth)):
             m[li].setInitialValue(float(val))
-    res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=use_warm)
+    res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=use_warm, deadline=deadline)
     if not res.has_solution:
         return None, res
     mapping = np.full((num_layers, g), -1, dtype=np.int64)
@@ -240,6 +242,7 @@ def _improve_layer(
     time_limit_s: float,
 ) -> np.ndarray | None:
     """Best permutation of layer ``li`` with its neighbours fixed (exact MILP within the gap/time)."""
+    deadline = time.monotonic() + time_limit_s
     num_layers, g = sizes.shape
     inv = _inverse(mapping)
     prob = pulp.LpProblem("moetuner_stage2_layer", pulp.LpMinimize)
@@ -292,7 +295,9 @@ def _improve_layer(
         var.setInitialValue(1 if mapping[li, c] == gg else 0)
     # Solved to (near) optimality: the penalty terms dominate the objective, so a relative gap would let
     # the solver stop with memory slack left.
-    res = milp.solve(prob, replace(options, gap=1e-6), time_limit_s=time_limit_s, warm_start=False)
+    res = milp.solve(
+        prob, replace(options, gap=1e-6), time_limit_s=time_limit_s, warm_start=False, deadline=deadline
+    )
     if not res.has_solution:
         return None
     row = np.full(g, -1, dtype=np.int64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pulp
 import pytest
@@ -84,3 +86,29 @@ def test_relative_gap() -> None:
     assert milp.relative_gap(0.0, 0.0) == 0.0
     assert milp.relative_gap(0.0, -1.0) is None
     assert milp.relative_gap(None, 1.0) is None
+
+
+def test_highs_stops_at_the_callers_deadline() -> None:
+    """``deadline`` (the caller's whole budget) wins over a longer time limit; the best solution so far comes
+    back. A behaviour test of the deadline with a generous slack for a loaded machine, not a benchmark."""
+    prob = _partition(60, 5, seed=1)
+    t0 = time.monotonic()
+    res = milp.solve(prob, milp.SolverOptions(gap=0.0, time_limit_s=60.0), deadline=t0 + 1.0)
+    wall = time.monotonic() - t0
+    assert wall <= 1.5 * 1.0 + 1.5, f"solve took {wall:.1f} s for a 1 s deadline"
+    assert res.status == milp.TIME_LIMIT and res.objective is not None
+    assert res.bound is None or res.bound <= res.objective
+    x = [v for v in prob.variables() if v.name.startswith("x_")]
+    assert all(v.varValue is not None for v in x)  # the variables hold the returned solution
+    assert sum(round(v.varValue) for v in x) == 60  # every item in exactly one bin
+
+
+def test_highs_same_answer_twice() -> None:
+    """A solve that finishes within its limit is deterministic (same objective and values)."""
+    out = []
+    for _ in range(2):
+        prob = _partition(12, 3, seed=2)
+        res = milp.solve(prob, milp.SolverOptions(gap=0.0, time_limit_s=30.0))
+        assert res.status == milp.OPTIMAL
+        out.append((res.objective, [v.varValue for v in prob.variables()]))
+    assert out[0] == out[1]
