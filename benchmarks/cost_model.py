@@ -10,13 +10,12 @@ measured in the same run, checking that both give the same counts. Writes a run 
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
+from benchmarks.timing import best_time
 from common.experiment import RunContext, RunOutput, run_experiment
 from common.log import get_logger
 from moe.cost_model import EvalOptions, evaluate_placement
@@ -48,15 +47,6 @@ def with_hot_replicas(base: Placement, load: np.ndarray, per_layer: int) -> Plac
         for e in np.argsort(-row, kind="stable")[:per_layer]:
             assignment[li][(gpu_of[li, e] + 1) % base.num_gpus].append(int(e))
     return Placement(assignment, base.num_experts, name="contiguous+replicas")
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def body(ctx: RunContext, tokens: int, repeats: int, ref_tokens: int) -> RunOutput:

@@ -18,12 +18,11 @@ Writes ``results/bench/ggeur/result.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.timing import timed
 from common.experiment import RunContext, RunOutput, run_experiment
 from fedgeo.ggeur import aggregate_stats, augment_client, class_shapes, client_stats
 from fedgeo.partitions import dirichlet_label_skew
@@ -31,16 +30,6 @@ from fedgeo.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "results" / "bench" / "ggeur"
-
-
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls and the last result."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def baseline_generation(X: np.ndarray, y: np.ndarray, covs: np.ndarray, target: int, rng) -> int:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.timing import best_time
 from common.experiment import RunContext, RunOutput, run_experiment
 from moe.stats import cross_layer_counts, expert_load, trace_statistics
 from moe.synthetic import generate_trace
@@ -34,15 +34,6 @@ def baseline_cross_layer_counts(experts: np.ndarray, num_experts: int) -> np.nda
     layer = (np.arange(num_layers - 1, dtype=np.int64) * e * e)[None, :, None, None]
     flat = (layer + ex[:, :-1, :, None] * e + ex[:, 1:, None, :]).ravel()
     return np.bincount(flat, minlength=(num_layers - 1) * e * e).reshape(num_layers - 1, e, e)
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def measure(name: str, trace: Trace, repeats: int) -> dict[str, float]:

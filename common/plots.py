@@ -16,9 +16,10 @@ from common.aggregate import Row  # noqa: E402
 from common.atomic import atomic_write_bytes  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
+def save_png(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 120) -> Path:
+    """Render ``fig`` to PNG in memory, close it, and write the bytes to ``path`` atomically."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
@@ -39,7 +40,7 @@ def bar_plot(
     ax.set_ylabel(metric)
     ax.set_title(title or metric)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def line_plot(
@@ -63,4 +64,4 @@ def line_plot(
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)

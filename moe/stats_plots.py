@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,14 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from common.atomic import atomic_write_bytes  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+from common.plots import save_png  # noqa: E402
 
 
 def plot_load_heatmap(load: np.ndarray, path: str | os.PathLike[str], title: str = "") -> Path:
@@ -35,7 +27,7 @@ def plot_load_heatmap(load: np.ndarray, path: str | os.PathLike[str], title: str
     ax.set_ylabel("MoE layer")
     ax.set_title(title or "expert load / layer mean")
     fig.colorbar(im, ax=ax, label="load / mean load")
-    return _save(fig, path)
+    return save_png(fig, path, dpi=110)
 
 
 def plot_affinity_heatmaps(
@@ -82,4 +74,4 @@ def plot_affinity_heatmaps(
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     fig.suptitle(title or "cross-layer affinity")
-    return _save(fig, path)
+    return save_png(fig, path, dpi=110)
