@@ -53,6 +53,7 @@ def test_multirun_resume_skips_complete_jobs_and_redoes_a_broken_one(tmp_path):
     assert (sweep / "0" / "events.jsonl").read_text() == events_0  # job 0 did not run again
     assert "already complete" in again.stderr
     redone = json.loads((sweep / "1" / "result.json").read_text())
+
     def numbers(rec):  # every metric but the wall-clock timings (``*_s``)
         return {k: v for k, v in rec["metrics"].items() if not k.endswith("_s")}
 
