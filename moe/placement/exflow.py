@@ -233,7 +233,7 @@ def exflow(
     bound = min(obj, bound_cross / total) if total else 0.0
     gap = milp.relative_gap(obj, bound)
     info = {
-        "status": milp.OPTIMAL if gap is not None and gap <= opts.gap else milp.TIME_LIMIT,
+        "status": milp.placement_status(gap, opts.gap, deadline),
         "objective": obj,
         "bound": bound,
         "gap": gap,

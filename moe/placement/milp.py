@@ -28,6 +28,9 @@ SOLVERS = ("highs", "cbc")
 OPTIMAL = "optimal"  # proved within the requested relative gap
 TIME_LIMIT = "time_limit"  # stopped at the time limit with a feasible solution
 NO_SOLUTION = "no_solution"  # stopped (time limit) without any feasible solution
+FEASIBLE = (
+    "feasible"  # stopped by itself before its time limit, not proven within the gap (or a constraint relaxed)
+)
 INFEASIBLE = "infeasible"
 
 
@@ -101,6 +104,24 @@ class SolveResult:
         out = asdict(self)
         out["size"] = asdict(self.size)
         return out
+
+
+_SEVERITY = {OPTIMAL: 0, FEASIBLE: 1, "heuristic": 1, TIME_LIMIT: 2}
+
+
+def placement_status(
+    gap: float | None, requested_gap: float, deadline: float, constraints_met: bool = True
+) -> str:
+    """Status of a whole placement: ``optimal`` (proved within ``requested_gap``, every constraint met),
+    ``time_limit`` (its budget ran out, ``time.monotonic() >= deadline``), else ``feasible``."""
+    if gap is not None and gap <= requested_gap and constraints_met:
+        return OPTIMAL
+    return TIME_LIMIT if time.monotonic() >= deadline else FEASIBLE
+
+
+def worst_status(*statuses: str) -> str:
+    """The least conclusive of several statuses (``optimal`` < ``feasible`` < ``time_limit`` < others)."""
+    return max(statuses, key=lambda s: _SEVERITY.get(s, 3))
 
 
 def relative_gap(objective: float | None, bound: float | None) -> float | None:

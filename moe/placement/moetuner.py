@@ -112,7 +112,7 @@ def stage1_all(
         reps.append(res.report)
     gaps = [r["gap"] for r in reps]
     report = {
-        "status": milp.OPTIMAL if all(r["status"] == milp.OPTIMAL for r in reps) else milp.TIME_LIMIT,
+        "status": milp.worst_status(*(r["status"] for r in reps)) if reps else milp.OPTIMAL,
         "objective": float(sum(r["objective"] for r in reps)),
         "bound": float(sum(r["bound"] for r in reps)),
         "max_layer_gap": None if any(g is None for g in gaps) else float(max(gaps)),
@@ -183,8 +183,8 @@ def moetuner(
             f"replicas: {int(added.sum())} hot-expert copies added ({opts.replicas} per layer allowed)"
         )
     status = rep2.get("status", milp.TIME_LIMIT)
-    if opts.stage2 in ("ilp", "decomposed") and rep1["status"] != milp.OPTIMAL:
-        status = milp.TIME_LIMIT
+    if opts.stage2 in ("ilp", "decomposed"):
+        status = milp.worst_status(rep1["status"], status)
     info = {
         "status": status,
         "objective": rep2["objective"],

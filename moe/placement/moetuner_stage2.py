@@ -464,11 +464,9 @@ def solve(
     if mem_mode != "not_enforced" and (mem.max() > hi or (mem_mode == "exact" and mem.min() < lo)):
         report["notes"].append(f"memory constraint not met: per-GPU experts {mem.min()}..{mem.max()}")
         report["memory"]["met"] = False
-    if report.get("status") not in ("heuristic",):
-        gap = report["gap"]
+    if report.get("status") not in ("heuristic", milp.NO_SOLUTION):
         met = report["memory"].get("met", True)
-        if gap is not None and gap <= options.gap and met and report.get("status") != milp.NO_SOLUTION:
-            report["status"] = milp.OPTIMAL
+        report["status"] = milp.placement_status(report["gap"], options.gap, deadline, met)
     return Stage2Result(mapping, report)
 
 

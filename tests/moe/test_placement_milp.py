@@ -112,3 +112,17 @@ def test_highs_same_answer_twice() -> None:
         assert res.status == milp.OPTIMAL
         out.append((res.objective, [v.varValue for v in prob.variables()]))
     assert out[0] == out[1]
+
+
+def test_placement_status_says_why_a_placement_is_not_optimal():
+    import time
+
+    later, past = time.monotonic() + 60, time.monotonic() - 1
+    assert milp.placement_status(0.01, 0.025, later) == milp.OPTIMAL
+    assert milp.placement_status(0.01, 0.025, later, constraints_met=False) == milp.FEASIBLE
+    assert milp.placement_status(0.5, 0.025, later) == milp.FEASIBLE  # stopped by itself, gap not closed
+    assert milp.placement_status(0.5, 0.025, past) == milp.TIME_LIMIT  # its budget ran out
+    assert milp.placement_status(None, 0.025, later) == milp.FEASIBLE
+    assert milp.worst_status(milp.OPTIMAL, milp.FEASIBLE) == milp.FEASIBLE
+    assert milp.worst_status(milp.FEASIBLE, milp.TIME_LIMIT, milp.OPTIMAL) == milp.TIME_LIMIT
+    assert milp.worst_status(milp.OPTIMAL, milp.NO_SOLUTION) == milp.NO_SOLUTION
