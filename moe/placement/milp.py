@@ -196,6 +196,30 @@ def solve(
     return _solve_cbc(prob, options, max(0.05, end - time.monotonic()), warm_start, size)
 
 
+def _result(
+    solver: str,
+    status: str,
+    objective: float | None,
+    bound: float | None,
+    elapsed_s: float,
+    size: ProblemSize,
+    notes: list[str],
+) -> SolveResult:
+    """A ``SolveResult`` with the bound capped at the objective and the gap derived from both."""
+    if objective is not None and bound is not None:
+        bound = min(bound, objective)
+    return SolveResult(
+        status=status,
+        objective=objective,
+        bound=bound,
+        gap=relative_gap(objective, bound),
+        solve_time_s=round(elapsed_s, 6),
+        size=size,
+        solver=solver,
+        notes=notes,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------- HiGHS
 
 
@@ -238,19 +262,7 @@ def _solve_highs(
             var.varValue = float(values[var.index])
     objective = None if objective is None else objective + offset
     bound = None if bound is None else bound + offset
-    if objective is not None and bound is not None:
-        bound = min(bound, objective)
-    elapsed = time.monotonic() - t0
-    return SolveResult(
-        status=status,
-        objective=objective,
-        bound=bound,
-        gap=relative_gap(objective, bound),
-        solve_time_s=round(elapsed, 6),
-        size=size,
-        solver="highs",
-        notes=notes,
-    )
+    return _result("highs", status, objective, bound, time.monotonic() - t0, size, notes)
 
 
 # ---------------------------------------------------------------------------------------------------- CBC
@@ -308,19 +320,8 @@ def _solve_cbc(
         status = TIME_LIMIT
     else:
         status = NO_SOLUTION
-    if objective is not None and bound is not None:
-        bound = min(bound, objective)
     notes = [f"CBC: {result_line}"] if result_line else ["CBC: no result line in the log"]
-    return SolveResult(
-        status=status,
-        objective=objective,
-        bound=bound,
-        gap=relative_gap(objective, bound),
-        solve_time_s=round(elapsed, 6),
-        size=size,
-        solver="cbc",
-        notes=notes,
-    )
+    return _result("cbc", status, objective, bound, elapsed, size, notes)
 
 
 def _to_float(text: str) -> float | None:
