@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SHARED = (REPO / ".." / "shared").resolve()
+REAL_TRACE = SHARED / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
+needs_real_trace = pytest.mark.skipif(
+    not REAL_TRACE.is_file(), reason=f"needs the shared real trace {REAL_TRACE}, which is absent here"
+)
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -27,3 +32,14 @@ def shared_file(rel: str) -> Path:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+def real_trace_head(tokens: int, layers: int | None = None) -> tuple[np.ndarray, int]:
+    """The first ``tokens`` tokens (and ``layers`` layers) of the shared real trace, and its expert count E.
+
+    Returns ``experts [tokens, layers, top_k]`` (uint8) and E; skips the test when the file is absent.
+    """
+    path = shared_file("data/moe/deepseek_v2_lite_prefill.npz")
+    with np.load(path) as d:
+        experts = d["experts"][:tokens] if layers is None else d["experts"][:tokens, :layers]
+        return experts, int(d["num_experts"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,10 +9,7 @@ from common.errors import ConfigError, InputError
 from moe.cost_model import EvalOptions, eval_options_from_config, evaluate_placement, route_table
 from moe.placement.base import Placement
 from moe.topology import Topology
-
-REAL_TRACE = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
-)
+from tests.conftest import real_trace_head
 
 
 def toy_topology(num_nodes: int = 1, per_node: int = 2, nic_gbps: float | None = None) -> Topology:
@@ -211,11 +206,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_real_trace_totals():
-    if not REAL_TRACE.exists():
-        pytest.skip(f"real trace not found at {REAL_TRACE} (shared data absent)")
-    with np.load(REAL_TRACE) as d:
-        experts = d["experts"][:20_000]
-        e = int(d["num_experts"])
+    experts, e = real_trace_head(20_000)
     t, num_layers, k = experts.shape
     g = 4
     p = Placement.from_expert_to_gpu(np.tile(np.arange(e) // (e // g), (num_layers, 1)), g, name="contiguous")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,18 +10,13 @@ from moe.placement.eplb import eplb, rebalance_experts
 from moe.placement.evaluate import balancedness
 from moe.placement.greedy import greedy
 from moe.stats import expert_load
-
-TRACE = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
-)
+from tests.conftest import real_trace_head
 
 
 @pytest.fixture(scope="module")
 def real_load() -> np.ndarray:
-    if not TRACE.exists():
-        pytest.skip(f"real trace not found at {TRACE}")
-    with np.load(TRACE) as d:
-        return expert_load(d["experts"][:20000], int(d["num_experts"]))
+    experts, e = real_trace_head(20000)
+    return expert_load(experts, e)
 
 
 def test_rebalance_outputs_are_consistent(real_load: np.ndarray) -> None:

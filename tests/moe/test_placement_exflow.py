@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,18 +13,13 @@ from moe.placement.evaluate import cross_gpu_fraction
 from moe.placement.exflow import exflow, locality_bound
 from moe.placement.simple import contiguous
 from moe.stats import cross_layer_counts
-
-TRACE = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
-)
+from tests.conftest import real_trace_head
 
 
 @pytest.fixture(scope="module")
 def real_pairs() -> np.ndarray:
-    if not TRACE.exists():
-        pytest.skip(f"real trace not found at {TRACE}")
-    with np.load(TRACE) as d:
-        return cross_layer_counts(d["experts"][:20000], int(d["num_experts"]))
+    experts, e = real_trace_head(20000)
+    return cross_layer_counts(experts, e)
 
 
 def _planted(num_layers: int, e: int, seed: int) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,7 @@ from moe.placement import moetuner_stage2 as s2
 from moe.placement.evaluate import balancedness, slowest_link
 from moe.placement.moetuner import MoETunerOptions, moetuner
 from moe.stats import cross_layer_counts, expert_load
-
-TRACE = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
-)
+from tests.conftest import real_trace_head
 
 
 def _synthetic(num_layers: int, e: int, k: int, tokens: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,11 +156,7 @@ def test_replicas_improve_balance(small) -> None:
 
 
 def test_real_trace_subset() -> None:
-    if not TRACE.exists():
-        pytest.skip(f"real trace not found at {TRACE}")
-    with np.load(TRACE) as d:
-        ex = d["experts"][:5000, :4]
-        e = int(d["num_experts"])
+    ex, e = real_trace_head(5000, 4)
     p, r = expert_load(ex, e), cross_layer_counts(ex, e)
     pl = moetuner(p, r, np.full((8, 8), 900.0), MoETunerOptions(time_limit_s=4, equal_size=True))
     assert (pl.experts_per_gpu() == 8).all() and (pl.replica_counts() == 1).all()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -13,19 +11,12 @@ from common.errors import ConfigError
 from moe.placement.registry import OPTIONS, PLACEMENTS, make_placement
 from moe.stats import cross_layer_counts, expert_load
 from runners.hydra_entry import CONF_DIR
-
-TRACE = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
-)
+from tests.conftest import real_trace_head
 
 
 @pytest.fixture(scope="module")
 def arrays() -> tuple[np.ndarray, np.ndarray]:
-    if not TRACE.exists():
-        pytest.skip(f"real trace not found at {TRACE}")
-    with np.load(TRACE) as d:
-        ex = d["experts"][:4000, :3]
-        e = int(d["num_experts"])
+    ex, e = real_trace_head(4000, 3)
     return expert_load(ex, e), cross_layer_counts(ex, e)
 
 

@@ -20,9 +20,9 @@ from moe.placement.base import Placement
 from moe.report import comparison_rows, moe_comparison_table
 from runners.hydra_entry import CONF_DIR
 from runners.moe_place import cap_time_limit, run
+from tests.conftest import needs_real_trace
 
 REPO = Path(__file__).resolve().parents[2]
-REAL_TRACE = REPO / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
 PLACEMENTS = ["contiguous", "round_robin", "random", "greedy", "eplb", "exflow", "moetuner"]
 
 
@@ -197,9 +197,8 @@ def test_comparison_table_from_real_run_records(tmp_path):
 
 
 @pytest.mark.slow
+@needs_real_trace
 def test_cli_end_to_end_on_the_real_trace(tmp_path):
-    if not REAL_TRACE.exists():
-        pytest.skip(f"real trace not found at {REAL_TRACE} (shared data absent)")
     cmd = [
         sys.executable, "-m", "runners.moe", "mode=place", "trace=deepseek_v2_lite", "trace.max_tokens=20000",
         "placement=greedy", "topology=h100_node8", eval_override(), "eval.batch_tokens=2048",

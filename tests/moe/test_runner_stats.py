@@ -18,10 +18,9 @@ from moe.trace import load_trace
 from runners import moe_stats
 from runners.hydra_entry import CONF_DIR
 from runners.moe_inputs import load_trace_from_config, load_traces
+from tests.conftest import REAL_TRACE, needs_real_trace
 
 ROOT = Path(__file__).resolve().parents[2]
-REAL = ROOT / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
-needs_real = pytest.mark.skipif(not REAL.is_file(), reason=f"shared real trace not found at {REAL}")
 
 
 def trace_node(*overrides: str) -> dict:
@@ -52,7 +51,7 @@ def test_synthetic_traces_from_config() -> None:
     assert capped.num_tokens == 1000
 
 
-@needs_real
+@needs_real_trace
 def test_real_trace_from_config() -> None:
     node = trace_node("trace.max_tokens=30000", "trace.split_seed=3")
     prof, ev = load_traces(node, seed=0)
@@ -109,11 +108,11 @@ def test_cli_synthetic(tmp_path: Path) -> None:
     assert (tmp_path / "affinity_heatmap.png").is_file()
 
 
-@needs_real
+@needs_real_trace
 @pytest.mark.slow
 def test_cli_real_trace(tmp_path: Path) -> None:
     rec = _run(tmp_path, "trace=deepseek_v2_lite")
-    assert rec["metrics"]["tokens"] == load_trace(REAL).num_tokens
+    assert rec["metrics"]["tokens"] == load_trace(REAL_TRACE).num_tokens
     assert 1.2 < rec["metrics"]["imbalance_max_over_mean"] < 2.7
 
 

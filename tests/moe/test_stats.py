@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -19,8 +17,7 @@ from moe.stats import (
     trace_statistics,
 )
 from moe.trace import load_trace
-
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
+from tests.conftest import REAL_TRACE, needs_real_trace
 
 # 3 tokens, 2 layers, top-2 of 4 experts.
 SMALL = np.array(
@@ -106,9 +103,9 @@ def test_load_distance() -> None:
     np.testing.assert_allclose(load_distance(a, np.array([[0, 0, 1, 1]])), [1.0])
 
 
-@pytest.mark.skipif(not REAL.is_file(), reason=f"shared real trace not found at {REAL}")
+@needs_real_trace
 def test_real_trace_totals_and_ranges() -> None:
-    tr = load_trace(REAL)
+    tr = load_trace(REAL_TRACE)
     st = trace_statistics(tr.experts, tr.num_experts)
     t, num_layers, k = tr.experts.shape
     np.testing.assert_array_equal(st.load.sum(axis=1), np.full(num_layers, t * k))

@@ -9,9 +9,7 @@ import pytest
 
 from common.errors import InputError
 from moe.trace import Trace, load_trace, save_trace, validate_trace
-
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
-needs_real = pytest.mark.skipif(not REAL.is_file(), reason=f"shared real trace not found at {REAL}")
+from tests.conftest import REAL_TRACE, needs_real_trace
 
 
 def small_trace(with_weights: bool = True) -> Trace:
@@ -48,19 +46,19 @@ def test_round_trip_without_optional_fields_and_wide_ids(tmp_path: Path) -> None
     np.testing.assert_array_equal(back.experts, ex)
 
 
-@needs_real
+@needs_real_trace
 def test_loads_the_real_trace() -> None:
-    tr = load_trace(REAL)
+    tr = load_trace(REAL_TRACE)
     assert (tr.num_tokens, tr.num_layers, tr.top_k, tr.num_experts) == (192023, 26, 6, 64)
     assert tr.num_prompts == 1999 and tr.prompt_offsets[-1] == tr.num_tokens
     assert tr.meta["layer_ids"] == list(range(1, 27))
     assert "moe-beyond" in tr.meta["source"]
 
 
-@needs_real
+@needs_real_trace
 @pytest.mark.slow
 def test_real_trace_round_trip(tmp_path: Path) -> None:
-    tr = load_trace(REAL)
+    tr = load_trace(REAL_TRACE)
     save_trace(tr, tmp_path / "copy.npz")
     back = load_trace(tmp_path / "copy.npz")
     np.testing.assert_array_equal(back.experts, tr.experts)

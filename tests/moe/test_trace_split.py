@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,8 +9,7 @@ from common.errors import InputError
 from moe.stats import expert_load
 from moe.trace import Trace, load_trace
 from moe.trace_split import batches, head, select_prompts, split_by_prompt, split_by_tokens
-
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
+from tests.conftest import REAL_TRACE, needs_real_trace
 
 
 def numbered_trace(lengths: list[int]) -> Trace:
@@ -89,9 +86,9 @@ def test_select_prompts_rejects_bad_indices() -> None:
         select_prompts(tr, np.array([3]))
 
 
-@pytest.mark.skipif(not REAL.is_file(), reason=f"shared real trace not found at {REAL}")
+@needs_real_trace
 def test_real_trace_split_adds_up() -> None:
-    tr = load_trace(REAL)
+    tr = load_trace(REAL_TRACE)
     prof, ev = split_by_prompt(tr, 0.5, seed=0)
     assert prof.num_prompts + ev.num_prompts == 1999 and abs(prof.num_prompts - ev.num_prompts) <= 1
     np.testing.assert_array_equal(
