@@ -15,6 +15,7 @@ class ConfigError(SuiteError, ValueError):
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
+        self.detail = message
         super().__init__(f"config key '{key}': {message}")
 
 

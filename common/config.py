@@ -1,0 +1,156 @@
+"""The config spine: option schemas in Hydra's ``ConfigStore``, objects built by ``hydra.utils.instantiate``.
+
+How a config becomes an object (docs/architecture.md):
+
+1. An algorithm module declares its options as a dataclass (the one place for defaults and types) and marks
+   it with ``@schema("placement", "moetuner")``. The decorator only records the class: algorithm modules
+   never import Hydra.
+2. ``install_schemas("moe", "fedgeo")`` (called by every runner and the test fixtures before Hydra composes)
+   imports the packages' modules and stores each schema in ``ConfigStore`` as ``schema/<group>/<name>``,
+   with a ``_target_`` field naming the class.
+3. The option's YAML (``conf/placement/moetuner.yaml``) starts from that schema::
+
+       defaults:
+         - /schema/placement/moetuner@_here_
+         - _self_
+       _target_: moe.placement.moetuner.MoETuner
+
+   Struct mode then rejects unknown keys and converts types (``gap: 1`` becomes ``1.0``) at compose time.
+4. A runner calls ``build(cfg["placement"], "placement")``: ``instantiate`` makes the object, whose
+   ``__post_init__`` checks ranges; a ``ConfigError`` there comes back naming the full key
+   (``placement.gap``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from common.errors import ConfigError, SuiteError
+
+T = TypeVar("T")
+
+_SCHEMAS: dict[tuple[str, str], type] = {}
+_INSTALLED: set[tuple[str, str]] = set()
+
+
+def schema(group: str, name: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: ``cls`` (a dataclass) is the options schema of option ``name`` of config ``group``.
+
+    Stored by ``install_schemas`` as ``schema/<group>/<name>`` with ``_target_`` set to ``cls``.
+    """
+
+    def register(cls: type[T]) -> type[T]:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"@schema({group!r}, {name!r}) needs a dataclass, got {cls!r}")
+        _SCHEMAS[(group, name)] = cls
+        return cls
+
+    return register
+
+
+def registered(group: str | None = None) -> dict[tuple[str, str], type]:
+    """The schemas declared so far: ``{(group, name): class}``, optionally of one group."""
+    return {k: v for k, v in _SCHEMAS.items() if group is None or k[0] == group}
+
+
+def import_package(package: str) -> None:
+    """Import ``package`` and every module below it, so that their ``@schema`` decorators run."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.walk_packages(getattr(pkg, "__path__", []), prefix=f"{package}."):
+        importlib.import_module(info.name)
+
+
+def _with_target(cls: type) -> type:
+    """A mutable copy of dataclass ``cls``'s fields plus ``_target_`` naming ``cls`` (what Hydra instantiates).
+
+    A copy, not a subclass: a frozen options class would make the config node read-only.
+    """
+    hints = typing.get_type_hints(cls)
+    spec: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = (
+            dataclasses.field(default=f.default)
+            if f.default is not dataclasses.MISSING
+            else dataclasses.field(default_factory=f.default_factory)
+            if f.default_factory is not dataclasses.MISSING
+            else dataclasses.field()
+        )
+        spec.append((f.name, hints[f.name], default))
+    target = f"{cls.__module__}.{cls.__qualname__}"
+    spec.append(("_target_", str, dataclasses.field(default=target)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Conf", spec)
+
+
+def install_schemas(*packages: str) -> None:
+    """Import ``packages`` (default: none beyond those already imported) and store every declared schema.
+
+    Idempotent: a schema is stored once per process.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    for package in packages:
+        import_package(package)
+    store = ConfigStore.instance()
+    for (group, name), cls in _SCHEMAS.items():
+        if (group, name) in _INSTALLED:
+            continue
+        store.store(group=f"schema/{group}", name=name, node=_with_target(cls))
+        _INSTALLED.add((group, name))
+
+
+def _plain(node: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def build(node: Mapping[str, Any] | Any, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node)`` with errors that name the config key.
+
+    Args:
+        node: a config node with ``_target_`` (a ``DictConfig`` or a plain dict).
+        key: the node's path in the whole config (``placement``, ``strategy``), used in messages.
+        kwargs: extra arguments for the target (runtime objects that are not config).
+
+    Raises:
+        ConfigError: no ``_target_``, a target that cannot be imported, an unknown option, or a value that
+            the object refused (its ``ConfigError`` re-keyed as ``<key>.<field>``).
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    plain = _plain(node)
+    if not isinstance(plain, Mapping) or "_target_" not in plain:
+        raise ConfigError(key, f"expected a config node with a _target_, got {plain!r}")
+    try:
+        return instantiate(plain, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ConfigError):
+            raise rekey(cause, key) from None
+        if isinstance(cause, SuiteError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            raise ConfigError(key, f"{cause}") from None
+        raise ConfigError(key, f"cannot build {plain['_target_']}: {cause or exc}") from None
+
+
+def rekey(error: ConfigError, prefix: str) -> ConfigError:
+    """``error`` with its key under ``prefix`` (``gap`` -> ``placement.gap``); already-prefixed keys stay."""
+    if error.key == prefix or error.key.startswith(f"{prefix}."):
+        return error
+    return ConfigError(f"{prefix}.{error.key}", error.detail)
+
+
+def names(items: Iterable[str]) -> str:
+    """``a, b, c``: a choice list for messages."""
+    return ", ".join(sorted(items))
