@@ -20,7 +20,7 @@ import numpy as np
 from common.experiment import RunContext, RunOutput, run_experiment
 from common.log import get_logger
 from moe.placement.evaluate import balancedness, slowest_link
-from moe.placement.moetuner import MoETunerOptions, moetuner
+from moe.placement.moetuner import MoETuner, moetuner
 from moe.placement.simple import contiguous
 from moe.stats import cross_layer_counts, expert_load
 from moe.synthetic import generate_trace
@@ -96,16 +96,16 @@ def body(ctx: RunContext, cases: list[str], solvers: list[str], time_limit: floa
         base_bal = float(balancedness(base, p).mean())
         log.info(f"{case}: {source}, E={e} L={num_layers} G={g}")
         for solver in solvers:
-            opts = MoETunerOptions(solver=solver, time_limit_s=time_limit)
+            opts = MoETuner(solver=solver, time_limit_s=time_limit)
             record(solver, case, moetuner(p, r, b, opts, seed=ctx.seed), p, r, b, base_obj, base_bal)
         if case == "e8_l32_g4":  # beyond the paper: the decomposition against the joint ILP, same budget
-            opts = MoETunerOptions(solver="highs", time_limit_s=time_limit, stage2="decomposed")
+            opts = MoETuner(solver="highs", time_limit_s=time_limit, stage2="decomposed")
             record("highs_decomposed", case, moetuner(p, r, b, opts), p, r, b, base_obj, base_bal)
         if case in (
             "e8_l32_g4",
             "e256_l58_g32",
         ):  # beyond the paper: hot-expert replicas, one extra slot per GPU
-            opts = MoETunerOptions(solver="highs", time_limit_s=time_limit, replicas=g)
+            opts = MoETuner(solver="highs", time_limit_s=time_limit, replicas=g)
             record("highs_replicas", case, moetuner(p, r, b, opts), p, r, b, base_obj, base_bal)
 
     head = (

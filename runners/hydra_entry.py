@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
+from common.config import install_schemas
 from common.errors import SuiteError
 from common.experiment import RunContext, RunOutput, run_experiment
 from common.records import RunRecord
@@ -25,6 +26,9 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+
+# Every option schema of the suite's packages, in Hydra's ConfigStore before any config is composed.
+install_schemas("moe", "fedgeo")
 
 
 def fail(message: str, status: int = 2) -> NoReturn:

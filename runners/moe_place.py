@@ -20,14 +20,16 @@ from typing import Any
 import numpy as np
 
 from common.atomic import atomic_savez
+from common.config import build
 from common.errors import ConfigError, InputError
 from common.experiment import RunContext, RunOutput
 from moe.cost_model import CostReport, eval_options_from_config, evaluate_placement
 from moe.placement.base import Placement
+from moe.placement.placer import PlacementProblem, Placer
+from moe.placement.simple import Contiguous
 from moe.stats import cross_layer_counts, expert_load
-from moe.topology import Topology, topology_from_config
+from moe.topology import topology_from_config
 
-BASELINE = "contiguous"
 # Metrics compared with the baseline: ``<name>_vs_contiguous`` = this / contiguous, and for the paper's
 # comparisons ``<stem>_reduction`` = 1 - this / contiguous.
 RATIO_METRICS = (
@@ -49,47 +51,27 @@ REDUCTION_METRICS = (
 )
 
 
-def placement_spec(cfg: Any) -> tuple[str, dict[str, Any]]:
-    """(name, options) from a ``placement`` config node: ``name`` plus the algorithm's own options.
+def make_placer(cfg: Mapping[str, Any]) -> Placer:
+    """The ``placement`` node as a ``Placer``, its time budget capped by ``placement_time_limit_s``.
 
-    ``label`` (the name shown in tables, e.g. ``moetuner+replicas``) is not an algorithm option and is dropped.
+    The cap lets a sweep over all placements (``experiment=moetuner_*``) bound every solver's budget with one
+    top-level key without giving the other placements an option they lack.
     """
-    if not isinstance(cfg, Mapping):
-        raise ConfigError("placement", f"expected a mapping with a 'name' key, got {cfg!r}")
-    name = cfg.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError("placement.name", f"expected a placement name, got {name!r}")
-    return name, {k: v for k, v in cfg.items() if k not in ("name", "label")}
-
-
-def cap_time_limit(options: dict[str, Any], cap: Any) -> dict[str, Any]:
-    """Lower the ``time_limit_s`` option (when the placement has one) to ``cap`` seconds; ``None``: unchanged.
-
-    This lets a sweep over all placements (``experiment=moetuner_*``) bound every solver's budget with one
-    top-level key, ``placement_time_limit_s``, without giving the other placements an option they lack.
-    """
-    if cap is None:
-        return options
-    if isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0:
+    placer = build(cfg.get("placement"), "placement")
+    if not isinstance(placer, Placer):
+        raise ConfigError("placement", f"expected a placement (a Placer), got {type(placer).__name__}")
+    cap = cfg.get("placement_time_limit_s")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
         raise ConfigError(
             "placement_time_limit_s", f"expected a positive number of seconds or null, got {cap!r}"
         )
-    if "time_limit_s" not in options:
-        return options
-    own = options["time_limit_s"]
-    return {**options, "time_limit_s": cap if own is None else min(own, cap)}
+    return placer.with_time_cap(cap)
 
 
-def make_and_time(
-    name: str, options: dict[str, Any], load: np.ndarray, pairs: np.ndarray, topology: Topology, seed: int
-) -> tuple[Placement, float]:
+def place_and_time(placer: Placer, problem: PlacementProblem) -> tuple[Placement, float]:
     """Run one placement algorithm; returns it and its wall-clock seconds."""
-    from moe.placement.registry import make_placement
-
     t0 = time.perf_counter()
-    placement = make_placement(
-        name, load, pairs, topology.bandwidth_gbps(), topology.ranks_per_node, seed, **options
-    )
+    placement = placer.place(problem)
     return placement, time.perf_counter() - t0
 
 
@@ -166,8 +148,7 @@ def run(ctx: RunContext) -> RunOutput:
         with_model_dims(cfg.get("topology"), (cfg.get("trace") or {}).get("model"))
     )
     options = eval_options_from_config(cfg.get("eval"))
-    name, algo_options = placement_spec(cfg.get("placement"))
-    algo_options = cap_time_limit(algo_options, cfg.get("placement_time_limit_s"))
+    placer = make_placer(cfg)
     if "trace" not in cfg:
         raise ConfigError("trace", "missing; choose one, e.g. trace=deepseek_v2_lite")
     profile, evaluation = load_traces(cfg["trace"], ctx.seed)
@@ -185,12 +166,11 @@ def run(ctx: RunContext) -> RunOutput:
     load = expert_load(profile.experts, e)
     pairs = cross_layer_counts(profile.experts, e)
 
-    placement, wall = make_and_time(name, algo_options, load, pairs, topology, ctx.seed)
+    problem = PlacementProblem(load, pairs, topology.bandwidth_gbps(), topology.ranks_per_node, ctx.seed)
+    placement, wall = place_and_time(placer, problem)
+    name = placer.table_label
     log.info(f"placement {name}: {wall:.3f} s; info {_short_info(placement.info)}")
-    if name == BASELINE and not algo_options:
-        baseline = placement
-    else:
-        baseline, _ = make_and_time(BASELINE, {}, load, pairs, topology, ctx.seed)
+    baseline = placement if isinstance(placer, Contiguous) else Contiguous().place(problem)
     ctx.logger.event("placement", name=name, wall_s=wall, status=placement.info.get("status"))
 
     report = evaluate_placement(evaluation.experts, placement, topology, options, progress=True)

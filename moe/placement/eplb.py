@@ -9,11 +9,15 @@ expert on one GPU). Global mode: one group and one node. Load only; communicatio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from common.errors import InputError
+from common.config import schema
+from common.errors import ConfigError, InputError
 from moe.placement.base import Placement
 from moe.placement.checks import check_load, check_nodes
+from moe.placement.placer import PlacementProblem, Placer
 
 
 def _replicate(weight: np.ndarray, slots: int, max_copies: int) -> np.ndarray:
@@ -178,3 +182,40 @@ def eplb(
         "max_copies": int(logcnt.max()),
     }
     return placement
+
+
+@schema("placement", "eplb")
+@dataclass(frozen=True)
+class EPLB(Placer):
+    """EPLB-style load balancing with redundant experts.
+
+    Attributes:
+        num_redundant: extra expert slots per layer; ``E + num_redundant`` must be a multiple of the GPUs.
+        num_groups: expert groups packed onto nodes (``None``: one group per node).
+        hierarchical: ``False`` = global mode (one group, one node).
+    """
+
+    name = "eplb"
+    num_redundant: int = 0
+    num_groups: int | None = None
+    hierarchical: bool = True
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.num_redundant, bool)
+            or not isinstance(self.num_redundant, int)
+            or self.num_redundant < 0
+        ):
+            raise ConfigError("num_redundant", f"expected a non-negative integer, got {self.num_redundant!r}")
+        if self.num_groups is not None and (not isinstance(self.num_groups, int) or self.num_groups < 1):
+            raise ConfigError("num_groups", f"expected a positive integer or null, got {self.num_groups!r}")
+
+    def place(self, problem: PlacementProblem) -> Placement:
+        return eplb(
+            problem.load,
+            problem.num_gpus,
+            problem.gpus_per_node,
+            num_redundant=self.num_redundant,
+            num_groups=self.num_groups,
+            hierarchical=self.hierarchical,
+        )

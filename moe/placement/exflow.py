@@ -18,15 +18,20 @@ the gap of either solver provable.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pulp
 from scipy.optimize import linear_sum_assignment
 
+from common.config import schema
 from common.errors import ConfigError, InputError
 from moe.placement import milp
 from moe.placement.base import Placement
 from moe.placement.checks import check_counts, check_nodes, check_pairs
+from moe.placement.placer import PlacementProblem, Placer
+
+METHODS = ("auto", "ilp", "sweeps")
 
 
 def _assign(gain: np.ndarray, cap: int) -> np.ndarray:
@@ -188,8 +193,8 @@ def exflow(
     r = check_pairs(r, num_layers, e)
     per_gpu = check_counts(num_layers, e, num_gpus, equal=True)
     nodes = check_nodes(num_gpus, gpus_per_node)
-    if method not in ("auto", "ilp", "sweeps"):
-        raise ConfigError("method", f"expected one of ['auto', 'ilp', 'sweeps'], got {method!r}")
+    if method not in METHODS:
+        raise ConfigError("method", f"expected one of {list(METHODS)}, got {method!r}")
     opts = options or milp.SolverOptions(time_limit_s=30.0)
     t0 = time.monotonic()
     deadline = t0 + opts.time_limit_s
@@ -244,3 +249,43 @@ def exflow(
         "notes": notes,
     }
     return Placement.from_expert_to_gpu(gpu_of, num_gpus, name="exflow", info=info)
+
+
+@schema("placement", "exflow")
+@dataclass(frozen=True)
+class ExFlow(Placer):
+    """ExFlow-style program: minimise cross-GPU consecutive-layer pairs, ``E / G`` experts per GPU.
+
+    Attributes:
+        method: ``auto`` / ``ilp`` / ``sweeps`` (see ``exflow``).
+        max_vars: largest joint integer program attempted.
+        solver, gap, time_limit_s, threads, msg: see ``milp.SolverOptions``; ``time_limit_s`` is the budget
+            of the whole placement.
+    """
+
+    name = "exflow"
+    method: str = "auto"
+    max_vars: int = 20000
+    solver: str = "highs"
+    gap: float = 0.025
+    time_limit_s: float = 30.0
+    threads: int = 1
+    msg: bool = False
+
+    def __post_init__(self) -> None:
+        self.solver_options()  # validates solver, gap, time limit, threads
+        if self.method not in METHODS:
+            raise ConfigError("method", f"expected one of {list(METHODS)}, got {self.method!r}")
+
+    def solver_options(self) -> milp.SolverOptions:
+        return milp.SolverOptions(self.solver, self.gap, self.time_limit_s, self.threads, self.msg)
+
+    def place(self, problem: PlacementProblem) -> Placement:
+        return exflow(
+            problem.pairs,
+            problem.num_gpus,
+            problem.gpus_per_node,
+            method=self.method,
+            options=self.solver_options(),
+            max_vars=self.max_vars,
+        )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from common.config import schema
 from moe.placement.base import Placement
 from moe.placement.checks import check_counts, check_load
+from moe.placement.placer import PlacementProblem, Placer
 
 
 def balanced_pack(weights: np.ndarray, num_bins: int, capacity: int | np.ndarray) -> np.ndarray:
@@ -54,3 +58,14 @@ def greedy(load: np.ndarray, num_gpus: int) -> Placement:
     per = check_counts(num_layers, num_experts, num_gpus, equal=True)
     gpu_of = np.stack([balanced_pack(row, num_gpus, per) for row in p])
     return Placement.from_expert_to_gpu(gpu_of, num_gpus, name="greedy")
+
+
+@schema("placement", "greedy")
+@dataclass(frozen=True)
+class Greedy(Placer):
+    """Heaviest expert to the least loaded GPU, ``E / G`` experts per GPU per layer."""
+
+    name = "greedy"
+
+    def place(self, problem: PlacementProblem) -> Placement:
+        return greedy(problem.load, problem.num_gpus)

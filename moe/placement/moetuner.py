@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from common.config import schema
 from common.errors import ConfigError, InputError
 from common.log import get_logger
 from common.progress import track
@@ -19,14 +20,16 @@ from moe.placement import moetuner_stage1 as stage1
 from moe.placement import moetuner_stage2 as stage2
 from moe.placement.base import Placement
 from moe.placement.checks import check_bandwidth, check_counts, check_load, check_pairs
+from moe.placement.placer import PlacementProblem, Placer
 from moe.placement.replicas import add_hot_replicas
 
 STAGE2_METHODS = ("ilp", "decomposed", "greedy", "random")
 
 
+@schema("placement", "moetuner")
 @dataclass(frozen=True)
-class MoETunerOptions:
-    """MoETuner's settings.
+class MoETuner(Placer):
+    """MoETuner's settings; ``place`` runs it.
 
     Attributes:
         solver, gap, threads, msg: see ``milp.SolverOptions`` (gap 0.025 is the paper's).
@@ -41,6 +44,8 @@ class MoETunerOptions:
         max_joint_vars: largest number of product variables for the joint ILP.
         replicas: extra copies of hot experts per layer added after stage 2 (0 = the paper).
     """
+
+    name = "moetuner"
 
     solver: str = "highs"
     gap: float = 0.025
@@ -88,11 +93,15 @@ class MoETunerOptions:
 
     @classmethod
     def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        """The algorithm's options (every field but the table ``label``)."""
+        return [f.name for f in fields(cls) if f.name != "label"]
+
+    def place(self, problem: PlacementProblem) -> Placement:
+        return moetuner(problem.load, problem.pairs, problem.bandwidth, self, seed=problem.seed)
 
 
 def stage1_all(
-    load: np.ndarray, num_gpus: int, options: MoETunerOptions, time_limit_s: float
+    load: np.ndarray, num_gpus: int, options: MoETuner, time_limit_s: float
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Stage 1 for every layer within ``time_limit_s`` in total.
 
@@ -133,7 +142,7 @@ def moetuner(
     load: np.ndarray,
     pairs: np.ndarray,
     bandwidth: np.ndarray,
-    options: MoETunerOptions | None = None,
+    options: MoETuner | None = None,
     seed: int = 0,
 ) -> Placement:
     """Place experts with MoETuner.
@@ -142,14 +151,14 @@ def moetuner(
         load: ``P [L, E]`` token copies per expert per layer.
         pairs: ``R [L-1, E, E]`` cross-layer pair counts (``moe.stats.cross_layer_counts``).
         bandwidth: ``B [G, G]`` GB/s between GPUs.
-        options: see ``MoETunerOptions``.
+        options: see ``MoETuner``.
         seed: for ``stage2=random``.
 
     Returns:
         A ``Placement`` named ``moetuner``; ``info`` has status, objective (stage 2, pair counts per GB/s),
         bound, gap, solve_time_s, size, ``stage1`` and ``stage2`` reports, ``memory`` and ``notes``.
     """
-    opts = options or MoETunerOptions()
+    opts = options or MoETuner()
     p = check_load(load)
     num_layers, num_experts = p.shape
     b = check_bandwidth(bandwidth)
@@ -193,7 +202,7 @@ def moetuner(
         "solve_time_s": round(time.monotonic() - t0, 6),
         "size": rep2.get("size") or rep1["size_per_layer_max"],
         "solver": opts.solver,
-        "options": {k: getattr(opts, k) for k in MoETunerOptions.names()},
+        "options": {k: getattr(opts, k) for k in MoETuner.names()},
         "memory": rep2["memory"],
         "memory_relaxed": rep2["memory"]["mode"] == "relaxed",
         "stage1": rep1,

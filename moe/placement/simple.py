@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from common.config import schema
 from moe.placement.base import Placement
 from moe.placement.checks import check_counts
+from moe.placement.placer import PlacementProblem, Placer
 
 
 def contiguous(num_layers: int, num_experts: int, num_gpus: int) -> Placement:
@@ -39,3 +43,36 @@ def random_placement(num_layers: int, num_experts: int, num_gpus: int, seed: int
     slots = np.repeat(np.arange(num_gpus), per)
     gpu_of = np.stack([np.random.default_rng([seed, li]).permutation(slots) for li in range(num_layers)])
     return Placement.from_expert_to_gpu(gpu_of, num_gpus, name="random", info={"seed": int(seed)})
+
+
+@schema("placement", "contiguous")
+@dataclass(frozen=True)
+class Contiguous(Placer):
+    """Megatron's default (the paper's baseline): expert ``e`` on GPU ``e // (E / G)``."""
+
+    name = "contiguous"
+
+    def place(self, problem: PlacementProblem) -> Placement:
+        return contiguous(*problem.shape)
+
+
+@schema("placement", "round_robin")
+@dataclass(frozen=True)
+class RoundRobin(Placer):
+    """Expert ``e`` on GPU ``e % G``."""
+
+    name = "round_robin"
+
+    def place(self, problem: PlacementProblem) -> Placement:
+        return round_robin(*problem.shape)
+
+
+@schema("placement", "random")
+@dataclass(frozen=True)
+class RandomPlacement(Placer):
+    """A uniformly random balanced placement per layer, drawn from the run's seed."""
+
+    name = "random"
+
+    def place(self, problem: PlacementProblem) -> Placement:
+        return random_placement(*problem.shape, seed=problem.seed)

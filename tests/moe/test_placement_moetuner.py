@@ -12,7 +12,7 @@ from moe.placement import milp
 from moe.placement import moetuner_stage1 as s1
 from moe.placement import moetuner_stage2 as s2
 from moe.placement.evaluate import balancedness, slowest_link
-from moe.placement.moetuner import MoETunerOptions, moetuner
+from moe.placement.moetuner import MoETuner, moetuner
 from moe.stats import cross_layer_counts, expert_load
 from tests.conftest import real_trace_head
 
@@ -100,7 +100,7 @@ def small() -> tuple[np.ndarray, np.ndarray]:
 def test_moetuner_small_is_valid_and_reports(small) -> None:
     p, r = small
     b = np.full((4, 4), 900.0)
-    pl = moetuner(p, r, b, MoETunerOptions(time_limit_s=5))
+    pl = moetuner(p, r, b, MoETuner(time_limit_s=5))
     assert pl.name == "moetuner" and not pl.has_replicas
     assert (pl.replica_counts() == 1).all() and (pl.experts_per_gpu() >= 1).all()
     info = pl.info
@@ -114,22 +114,22 @@ def test_moetuner_small_is_valid_and_reports(small) -> None:
         assert mem.max() <= -(-8 * 6 // 4)
     else:  # stage 1's cluster sizes made E L / G per GPU impossible: said so, with the numbers
         assert any("memory constraint not met" in n for n in info["notes"])
-    assert info["stage2"]["joint_product_variables"] <= MoETunerOptions().max_joint_vars
+    assert info["stage2"]["joint_product_variables"] <= MoETuner().max_joint_vars
     assert info["stage2"]["solver_status"] in (milp.OPTIMAL, milp.TIME_LIMIT, milp.INFEASIBLE)
 
 
 def test_memory_constraint_met_with_equal_sizes(small) -> None:
     p, r = small
-    pl = moetuner(p, r, np.full((4, 4), 900.0), MoETunerOptions(time_limit_s=3, equal_size=True))
+    pl = moetuner(p, r, np.full((4, 4), 900.0), MoETuner(time_limit_s=3, equal_size=True))
     assert (pl.experts_per_gpu() == 2).all() and pl.info["memory"]["mode"] == "exact"
 
 
 def test_moetuner_beats_its_ablations(small) -> None:
     p, r = small
     b = np.full((4, 4), 900.0)
-    full = moetuner(p, r, b, MoETunerOptions(time_limit_s=4, equal_size=True))
-    greedy_map = moetuner(p, r, b, MoETunerOptions(time_limit_s=4, equal_size=True, stage2="greedy"))
-    random_map = moetuner(p, r, b, MoETunerOptions(time_limit_s=4, equal_size=True, stage2="random"), seed=1)
+    full = moetuner(p, r, b, MoETuner(time_limit_s=4, equal_size=True))
+    greedy_map = moetuner(p, r, b, MoETuner(time_limit_s=4, equal_size=True, stage2="greedy"))
+    random_map = moetuner(p, r, b, MoETuner(time_limit_s=4, equal_size=True, stage2="random"), seed=1)
     assert (full.experts_per_gpu() == 2).all()
     assert full.info["objective"] <= greedy_map.info["objective"] + 1e-9
     assert full.info["objective"] <= random_map.info["objective"] + 1e-9
@@ -139,7 +139,7 @@ def test_moetuner_beats_its_ablations(small) -> None:
 def test_decomposition_is_valid_with_a_proven_gap(small) -> None:
     p, r = small
     b = np.full((4, 4), 900.0)
-    pl = moetuner(p, r, b, MoETunerOptions(time_limit_s=20, equal_size=True, max_joint_vars=0))
+    pl = moetuner(p, r, b, MoETuner(time_limit_s=20, equal_size=True, max_joint_vars=0))
     assert pl.info["stage2"]["method"] == "decomposed"
     assert 0 <= pl.info["bound"] <= pl.info["objective"]
     assert pl.info["gap"] is not None and 0 <= pl.info["gap"] < 1
@@ -148,8 +148,8 @@ def test_decomposition_is_valid_with_a_proven_gap(small) -> None:
 def test_replicas_improve_balance(small) -> None:
     p, r = small
     b = np.full((4, 4), 900.0)
-    plain = moetuner(p, r, b, MoETunerOptions(time_limit_s=2, equal_size=True, stage2="decomposed"))
-    rep = moetuner(p, r, b, MoETunerOptions(time_limit_s=2, equal_size=True, stage2="decomposed", replicas=4))
+    plain = moetuner(p, r, b, MoETuner(time_limit_s=2, equal_size=True, stage2="decomposed"))
+    rep = moetuner(p, r, b, MoETuner(time_limit_s=2, equal_size=True, stage2="decomposed", replicas=4))
     assert (rep.experts_per_gpu() <= 2 + 1).all()
     assert rep.has_replicas
     assert balancedness(rep, p).mean() > balancedness(plain, p).mean()
@@ -158,14 +158,14 @@ def test_replicas_improve_balance(small) -> None:
 def test_real_trace_subset() -> None:
     ex, e = real_trace_head(5000, 4)
     p, r = expert_load(ex, e), cross_layer_counts(ex, e)
-    pl = moetuner(p, r, np.full((8, 8), 900.0), MoETunerOptions(time_limit_s=4, equal_size=True))
+    pl = moetuner(p, r, np.full((8, 8), 900.0), MoETuner(time_limit_s=4, equal_size=True))
     assert (pl.experts_per_gpu() == 8).all() and (pl.replica_counts() == 1).all()
     assert balancedness(pl, p).mean() > 0.95
 
 
 def test_time_limit_is_honoured() -> None:
     p, r = _synthetic(num_layers=10, e=16, k=2, tokens=4000, seed=5)
-    pl = moetuner(p, r, np.full((4, 4), 900.0), MoETunerOptions(time_limit_s=2, gap=0.0, stage1_abs_tol=0.0))
+    pl = moetuner(p, r, np.full((4, 4), 900.0), MoETuner(time_limit_s=2, gap=0.0, stage1_abs_tol=0.0))
     # gap 0 cannot be proved in 2 s here: the solver stops at the limit with its best placement
     assert pl.info["status"] == milp.TIME_LIMIT
     assert (pl.replica_counts() == 1).all()
@@ -175,7 +175,7 @@ def test_time_limit_is_honoured() -> None:
 def test_deterministic(small) -> None:
     p, r = small
     b = np.full((4, 4), 900.0)
-    opts = MoETunerOptions(time_limit_s=30, equal_size=True, stage2="decomposed")
+    opts = MoETuner(time_limit_s=30, equal_size=True, stage2="decomposed")
     assert moetuner(p, r, b, opts).assignment == moetuner(p, r, b, opts).assignment
 
 
@@ -184,12 +184,12 @@ def test_refusals() -> None:
     with pytest.raises(InputError, match="8 GPUs but only 4 experts"):
         moetuner(p, r, np.full((8, 8), 1.0))
     with pytest.raises(InputError, match="do not split evenly over 3 GPUs"):
-        moetuner(p, r, np.full((3, 3), 1.0), MoETunerOptions(equal_size=True))
+        moetuner(p, r, np.full((3, 3), 1.0), MoETuner(equal_size=True))
     with pytest.raises(InputError, match="'R' must have shape"):
         moetuner(p, np.ones((3, 4, 4)), np.full((2, 2), 1.0))
     with pytest.raises(InputError, match="bandwidth"):
         moetuner(p, r, np.zeros((2, 2)))
     with pytest.raises(ConfigError, match="stage2"):
-        MoETunerOptions(stage2="annealing")
+        MoETuner(stage2="annealing")
     with pytest.raises(ConfigError, match="solver"):
-        MoETunerOptions(solver="gurobi")
+        MoETuner(solver="gurobi")

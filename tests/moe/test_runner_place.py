@@ -19,7 +19,7 @@ from moe.paper_numbers import PAPER_RESULTS
 from moe.placement.base import Placement
 from moe.report import comparison_rows, moe_comparison_table
 from runners.hydra_entry import CONF_DIR
-from runners.moe_place import cap_time_limit, run
+from runners.moe_place import make_placer, run
 from tests.conftest import needs_real_trace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,13 +115,15 @@ def test_bad_topology_fails_before_any_output(tmp_path):
     assert not (tmp_path / "result.json").exists()
 
 
-def test_cap_time_limit():
-    assert cap_time_limit({"time_limit_s": 60, "gap": 0.1}, 5) == {"time_limit_s": 5, "gap": 0.1}
-    assert cap_time_limit({"time_limit_s": 2}, 5) == {"time_limit_s": 2}
-    assert cap_time_limit({}, 5) == {}
-    assert cap_time_limit({"time_limit_s": 60}, None) == {"time_limit_s": 60}
+def test_time_cap_lowers_only_solver_budgets():
+    cap = make_placer(config("placement=moetuner", "placement_time_limit_s=5"))
+    assert cap.time_limit_s == 5.0
+    own = make_placer(config("placement=moetuner", "placement.time_limit_s=2", "placement_time_limit_s=5"))
+    assert own.time_limit_s == 2.0
+    assert make_placer(config("placement=greedy", "placement_time_limit_s=5")).label == "greedy"
+    assert make_placer(config("placement=exflow")).time_limit_s == 30.0
     with pytest.raises(ConfigError, match="placement_time_limit_s"):
-        cap_time_limit({}, -1)
+        make_placer(config("placement=greedy", "placement_time_limit_s=-1"))
 
 
 @pytest.mark.parametrize("name", ["moetuner_single_node", "moetuner_multi_node"])
@@ -243,9 +245,10 @@ def test_trace_model_dims_replace_the_topology_values():
 
 def test_placement_label_names_variants_in_tables():
     from moe.report import placement_label
-    from runners.moe_place import placement_spec
 
-    cfg = {"name": "moetuner", "label": "moetuner+replicas", "replicas": 4}
+    cfg = config("placement=moetuner_replicas")["placement"]
     assert placement_label(cfg) == "moetuner+replicas"
     assert placement_label({"name": "greedy"}) == "greedy"
-    assert placement_spec(cfg) == ("moetuner", {"replicas": 4})  # the label is not an algorithm option
+    placer = make_placer(config("placement=moetuner_replicas"))
+    assert placer.replicas == 4 and placer.table_label == "moetuner+replicas"
+    assert "label" not in type(placer).names()  # the label is not an algorithm option

@@ -1,0 +1,69 @@
+"""Every placement preset composes against its schema, builds by instantiate, and places the real trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from common.config import build, registered
+from common.errors import ConfigError
+from moe.placement.placer import PlacementProblem, Placer
+from moe.stats import cross_layer_counts, expert_load
+from runners.hydra_entry import CONF_DIR
+from tests.conftest import real_trace_head
+
+PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "placement").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def problem() -> PlacementProblem:
+    ex, e = real_trace_head(4000, 3)
+    return PlacementProblem(expert_load(ex, e), cross_layer_counts(ex, e), np.full((4, 4), 900.0), 4)
+
+
+def node(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="moe", overrides=[f"placement={name}", *overrides])
+    return cfg.placement
+
+
+def test_every_schema_has_a_preset_and_every_preset_a_schema() -> None:
+    names = {name for _, name in registered("placement")}
+    assert names <= set(PRESETS)
+    for preset in PRESETS:
+        assert OmegaConf.select(node(preset), "_target_"), preset
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_places_the_real_trace(name: str, problem: PlacementProblem) -> None:
+    overrides = ["placement.time_limit_s=3"] if "time_limit_s" in node(name) else []
+    placer = build(node(name, *overrides), "placement")
+    assert isinstance(placer, Placer) and placer.table_label
+    pl = placer.place(problem)
+    assert pl.num_layers == 3 and pl.num_gpus == 4 and pl.num_experts == 64
+    assert (pl.replica_counts() >= 1).all()
+    if name.startswith(("exflow", "moetuner")):
+        for key in ("status", "objective", "bound", "gap", "solve_time_s", "size"):
+            assert key in pl.info
+
+
+def test_schema_converts_types_and_rejects_unknown_keys() -> None:
+    assert node("moetuner", "placement.gap=0").gap == 0.0  # an int becomes the schema's float
+    with pytest.raises(ConfigCompositionException):
+        node("greedy", "placement.solver=highs")
+    with pytest.raises(ConfigCompositionException):
+        node("moetuner", "placement.replica=2")
+
+
+def test_bad_values_name_the_full_key() -> None:
+    with pytest.raises(ConfigError, match="'placement.gap'"):
+        build(node("moetuner", "placement.gap=-1"), "placement")
+    with pytest.raises(ConfigError, match="'placement.stage2'"):
+        build(node("moetuner", "placement.stage2=annealing"), "placement")
+    with pytest.raises(ConfigError, match="'placement.num_redundant'"):
+        build(node("eplb", "placement.num_redundant=-1"), "placement")
