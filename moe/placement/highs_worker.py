@@ -1,31 +1,26 @@
 """HiGHS in a worker process, so that a solve's deadline holds even where HiGHS does not poll its clock.
 
 ``milp.solve`` sends a PuLP model here as arrays (``highs_model``); ``run_guarded`` runs it in a persistent
-child process (``worker_main``) that streams every improving solution and the dual bound back, and kills the
-child ``GUARD_GRACE_S`` seconds after the deadline when HiGHS has not stopped by itself. POSIX only (it waits
-on pipes with ``select``).
+child process (``multiprocessing``, spawn start method: the same on Linux, macOS and Windows) that streams
+every improving solution and the dual bound back through a pipe, and kills the child ``GUARD_GRACE_S``
+seconds after the deadline when HiGHS has not stopped by itself.
 """
 
 from __future__ import annotations
 
 import atexit
 import math
-import os
-import pickle
-import select
-import struct
-import subprocess
-import sys
+import multiprocessing as mp
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 import pulp
 
-from moe.placement.milp import INFEASIBLE, NO_SOLUTION, OPTIMAL, TIME_LIMIT
+from moe.placement.solve_status import INFEASIBLE, NO_SOLUTION, OPTIMAL, TIME_LIMIT
 
 # ---------------------------------------------------------------------------------------------------- HiGHS
 # HiGHS runs in a worker process so that its deadline can be enforced. HiGHS checks its ``time_limit`` and
@@ -36,8 +31,6 @@ from moe.placement.milp import INFEASIBLE, NO_SOLUTION, OPTIMAL, TIME_LIMIT
 # and the last streamed solution is returned. A solve that ends in time returns exactly what HiGHS returns.
 GUARD_GRACE_S = 0.5  # seconds past the deadline before the worker is killed
 _BOUND_EVERY_S = 0.2  # how often the worker reports the MIP dual bound
-_FRAME = struct.Struct("<Q")  # length prefix of one pickled message
-_TIMEOUT = object()
 
 
 @dataclass
@@ -102,89 +95,38 @@ def highs_model(prob: pulp.LpProblem, warm: bool) -> tuple[_HighsModel, list[pul
     return model, variables
 
 
-def _write_frame(stream: Any, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_FRAME.pack(len(data)) + data)
-    stream.flush()
-
-
-def _read_frame(stream: Any) -> Any:
-    """The next message on a blocking stream; ``None`` at end of file."""
-    head = stream.read(_FRAME.size)
-    if len(head) < _FRAME.size:
-        return None
-    (size,) = _FRAME.unpack(head)
-    data = stream.read(size)
-    if len(data) < size:
-        return None
-    return pickle.loads(data)
-
-
-class _FrameReader:
-    """Reads messages from a pipe's file descriptor with a deadline (``time.monotonic`` seconds)."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buf = bytearray()
-
-    def next(self, until: float) -> Any:
-        """The next message, ``_TIMEOUT`` when none is complete by ``until``; ``EOFError`` when the pipe
-        closes."""
-        while True:
-            if len(self._buf) >= _FRAME.size:
-                (size,) = _FRAME.unpack_from(self._buf)
-                if len(self._buf) >= _FRAME.size + size:
-                    data = bytes(self._buf[_FRAME.size : _FRAME.size + size])
-                    del self._buf[: _FRAME.size + size]
-                    return pickle.loads(data)
-            wait = until - time.monotonic()
-            if wait <= 0:
-                return _TIMEOUT
-            ready, _, _ = select.select([self._fd], [], [], wait)
-            if not ready:
-                return _TIMEOUT
-            chunk = os.read(self._fd, 1 << 20)
-            if not chunk:
-                raise EOFError("HiGHS worker closed its pipe")
-            self._buf += chunk
-
-
 class _HighsWorker:
-    """A child Python process that runs HiGHS solves (``worker_main``); killed when a solve overruns."""
+    """A child process that runs HiGHS solves (``worker_main``) and answers through a pipe."""
 
     def __init__(self) -> None:
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from moe.placement.highs_worker import worker_main; worker_main()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            bufsize=0,
-        )
-        assert self.proc.stdout is not None
-        self.reader = _FrameReader(self.proc.stdout.fileno())
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=worker_main, args=(child,), daemon=True, name="highs-worker")
+        self.proc.start()
+        child.close()
 
-    def send(self, message: Any) -> None:
-        _write_frame(self.proc.stdin, message)
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def next(self, until: float) -> Any:
+        """The next message, ``None`` when none arrives by ``until`` (``time.monotonic``); ``EOFError`` when
+        the worker is gone."""
+        if not self.conn.poll(max(0.0, until - time.monotonic())):
+            return None
+        return self.conn.recv()
 
     def close(self, kill: bool = False) -> None:
-        """End the worker: closing its input ends it between solves; ``kill`` ends it at once."""
-        if self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                try:
-                    assert self.proc.stdin is not None
-                    self.proc.stdin.close()
-                    self.proc.wait(timeout=2.0)
-                except (OSError, subprocess.TimeoutExpired):
-                    self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
+        """End the worker: a ``stop`` message ends it between solves; ``kill`` ends it at once."""
+        if self.proc.is_alive() and not kill:
+            try:
+                self.conn.send(("stop", None))
+                self.proc.join(timeout=2.0)
+            except (OSError, EOFError, BrokenPipeError):
+                pass
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        self.conn.close()
 
 
 _worker: _HighsWorker | None = None
@@ -212,23 +154,32 @@ class _GuardedRun:
     elapsed_s: float
 
 
+def _get_worker() -> _HighsWorker:
+    global _worker
+    if _worker is None or not _worker.alive():
+        _worker = _HighsWorker()
+    return _worker
+
+
+def _drop_worker(worker: _HighsWorker) -> None:
+    global _worker
+    worker.close(kill=True)
+    _worker = None
+
+
 def run_guarded(payload: dict, deadline: float) -> _GuardedRun:
     """Solve ``payload`` in the worker; kill it at ``deadline + GUARD_GRACE_S`` (``time.monotonic``)."""
-    global _worker
     t0 = time.monotonic()
     with _worker_lock:
-        if _worker is None or _worker.proc.poll() is not None:
-            _worker = _HighsWorker()
-        worker = _worker
+        worker = _get_worker()
         incumbent: tuple[float, np.ndarray] | None = None
         bound: float | None = None
         try:
-            worker.send(("solve", payload))
+            worker.conn.send(("solve", payload))
             while True:
-                msg = worker.reader.next(deadline + GUARD_GRACE_S)
-                if msg is _TIMEOUT:
-                    worker.close(kill=True)
-                    _worker = None
+                msg = worker.next(deadline + GUARD_GRACE_S)
+                if msg is None:
+                    _drop_worker(worker)
                     return _GuardedRun(None, incumbent, bound, time.monotonic() - t0)
                 if msg[0] == "incumbent":
                     incumbent = (msg[1], msg[2])
@@ -239,50 +190,40 @@ def run_guarded(payload: dict, deadline: float) -> _GuardedRun:
                 elif msg[0] == "error":
                     raise RuntimeError(f"HiGHS failed in its worker process: {msg[1]}")
         except (EOFError, OSError) as exc:
-            code = worker.proc.poll()
-            worker.close(kill=True)
-            _worker = None
+            code = worker.proc.exitcode
+            _drop_worker(worker)
             raise RuntimeError(f"the HiGHS worker process failed during a solve (exit code {code})") from exc
 
 
-def worker_main() -> None:
-    """The worker process: read solve requests on stdin, answer on the original stdout.
-
-    HiGHS's own log (``msg``) goes to stderr so that it cannot mix with the answers.
-    """
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
+def worker_main(conn: Connection) -> None:
+    """The worker process: answer ``("solve", payload)`` requests on ``conn`` until ``("stop", _)`` or EOF."""
     while True:
-        msg = _read_frame(sys.stdin.buffer)
-        if msg is None:
+        try:
+            kind, payload = conn.recv()
+        except EOFError:
+            return
+        if kind == "stop":
             return
         try:
-            answer = ("done", _worker_solve(msg[1], lambda m: _write_frame(out, m)))
+            answer = ("done", _worker_solve(payload, conn.send))
         except Exception as exc:  # reported to the caller, who raises it
             answer = ("error", f"{type(exc).__name__}: {exc}")
-        _write_frame(out, answer)
+        conn.send(answer)
 
 
-def _worker_solve(payload: dict, send: Any) -> dict:
-    """Run one HiGHS solve (in the worker) and report status, objective, bound and values."""
-    import highspy
+def _highs_lp(model: _HighsModel) -> Any:
+    """``model`` as a ``highspy.HighsLp`` (row-wise matrix, infinite bounds as HiGHS's infinity)."""
+    import highspy  # only in the worker: the parent never loads HiGHS
 
-    model: _HighsModel = payload["model"]
-    deadline = float(payload["deadline"])
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", bool(payload["msg"]))
-    h.setOptionValue("mip_rel_gap", float(payload["gap"]))
-    if payload["abs_gap"] is not None:
-        h.setOptionValue("mip_abs_gap", float(payload["abs_gap"]))
-    h.setOptionValue("threads", int(payload["threads"]))
+    inf = highspy.kHighsInf
     lp = highspy.HighsLp()
     lp.num_col_ = int(model.cost.size)
     lp.num_row_ = int(model.row_lower.size)
     lp.col_cost_ = model.cost
-    lp.col_lower_ = np.where(np.isinf(model.col_lower), -highspy.kHighsInf, model.col_lower)
-    lp.col_upper_ = np.where(np.isinf(model.col_upper), highspy.kHighsInf, model.col_upper)
-    lp.row_lower_ = np.where(np.isinf(model.row_lower), -highspy.kHighsInf, model.row_lower)
-    lp.row_upper_ = np.where(np.isinf(model.row_upper), highspy.kHighsInf, model.row_upper)
+    lp.col_lower_ = np.where(np.isinf(model.col_lower), -inf, model.col_lower)
+    lp.col_upper_ = np.where(np.isinf(model.col_upper), inf, model.col_upper)
+    lp.row_lower_ = np.where(np.isinf(model.row_lower), -inf, model.row_lower)
+    lp.row_upper_ = np.where(np.isinf(model.row_upper), inf, model.row_upper)
     lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
     lp.a_matrix_.num_col_ = lp.num_col_
     lp.a_matrix_.num_row_ = lp.num_row_
@@ -292,7 +233,13 @@ def _worker_solve(payload: dict, send: Any) -> dict:
     if model.integer.any():
         kinds = (highspy.HighsVarType.kContinuous, highspy.HighsVarType.kInteger)
         lp.integrality_ = [kinds[int(flag)] for flag in model.integer]
-    h.passModel(lp)
+    return lp
+
+
+def _stream_progress(h: Any, deadline: float, send: Any) -> None:
+    """Send improving solutions and (every ``_BOUND_EVERY_S``) the dual bound; interrupt at ``deadline``."""
+    import highspy
+
     cb = highspy.cb.HighsCallbackType
     improving, mip_interrupt = int(cb.kCallbackMipImprovingSolution), int(cb.kCallbackMipInterrupt)
     last_bound = [0.0]
@@ -317,6 +264,22 @@ def _worker_solve(payload: dict, send: Any) -> dict:
         cb.kCallbackIpmInterrupt,
     ):
         h.startCallback(kind)
+
+
+def _worker_solve(payload: dict, send: Any) -> dict:
+    """Run one HiGHS solve (in the worker) and report status, objective, bound and values."""
+    import highspy
+
+    model: _HighsModel = payload["model"]
+    deadline = float(payload["deadline"])
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", bool(payload["msg"]))
+    h.setOptionValue("mip_rel_gap", float(payload["gap"]))
+    if payload["abs_gap"] is not None:
+        h.setOptionValue("mip_abs_gap", float(payload["abs_gap"]))
+    h.setOptionValue("threads", int(payload["threads"]))
+    h.passModel(_highs_lp(model))
+    _stream_progress(h, deadline, send)
     if model.start_values is not None:
         sol = highspy.HighsSolution()
         sol.col_value = model.start_values

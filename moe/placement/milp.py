@@ -21,17 +21,11 @@ from typing import Any
 import pulp
 
 from common.errors import ConfigError
+from common.log import get_logger
+from moe.placement.highs_worker import GUARD_GRACE_S, highs_model, run_guarded
+from moe.placement.solve_status import FEASIBLE, INFEASIBLE, NO_SOLUTION, OPTIMAL, TIME_LIMIT
 
 SOLVERS = ("highs", "cbc")
-
-# Statuses a solve can end in.
-OPTIMAL = "optimal"  # proved within the requested relative gap
-TIME_LIMIT = "time_limit"  # stopped at the time limit with a feasible solution
-NO_SOLUTION = "no_solution"  # stopped (time limit) without any feasible solution
-FEASIBLE = (
-    "feasible"  # stopped by itself before its time limit, not proven within the gap (or a constraint relaxed)
-)
-INFEASIBLE = "infeasible"
 
 
 @dataclass(frozen=True)
@@ -226,8 +220,6 @@ def _result(
 def _solve_highs(
     prob: pulp.LpProblem, options: SolverOptions, deadline: float, warm: bool, size: ProblemSize
 ) -> SolveResult:
-    from moe.placement.highs_worker import GUARD_GRACE_S, highs_model, run_guarded  # imports this module
-
     t0 = time.monotonic()
     model, variables = highs_model(prob, warm)
     payload = {
@@ -292,8 +284,6 @@ def _solve_cbc(
         elapsed = time.perf_counter() - t0
         text = log_path.read_text(encoding="utf-8", errors="replace")
     if options.msg:
-        from common.log import get_logger
-
         get_logger("moe.placement.milp").info(text)
     m_res = _CBC_RESULT.search(text)
     result_line = m_res.group(1).strip() if m_res else ""
