@@ -17,55 +17,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from common.aggregate import group, load_records, write_tables
 from common.atomic import atomic_write_text
 from common.log import get_logger
+from runners.reproduce_steps import BENCHMARK_MODULES, STEPS, Step
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Step:
-    """One reproduced table: a multirun of a preset, then its tables."""
-
-    name: str
-    runner: str  # module, e.g. runners.moe
-    sweeps: list[
-        list[str]
-    ]  # one multirun per entry (its overrides, e.g. ["experiment=moetuner_single_node"])
-    by: list[str]  # group-by keys of the generic table
-    metrics: list[str]
-    quick: list[str] = field(default_factory=list)  # extra overrides in quick mode
-    full: list[str] = field(default_factory=list)
-    report: Callable[[list[dict], Path], list[Path]] | None = None  # paper comparison, from record dicts
-
-
-def _moe_report(records: list[dict], out: Path) -> list[Path]:
-    from moe.report import moe_comparison_table
-
-    return moe_comparison_table(records, out)
-
-
-def _fed_report(records: list[dict], out: Path) -> list[Path]:
-    from fedgeo.report import fed_comparison_table
-
-    return fed_comparison_table(records, out)
-
-
-STEPS: list[Step] = []
-BENCHMARKS: list[str] = []
-
-
-def _register() -> None:
-    """The steps; kept in one place so the README's table list and this file agree."""
-    from runners.reproduce_steps import BENCHMARK_MODULES, steps
-
-    STEPS.extend(steps(_moe_report, _fed_report))
-    BENCHMARKS.extend(BENCHMARK_MODULES)
 
 
 def run_step(step: Step, mode: str, out_root: Path, sweep_root: Path, dry_run: bool = False) -> list[Path]:
@@ -104,7 +64,7 @@ def run_step(step: Step, mode: str, out_root: Path, sweep_root: Path, dry_run: b
 def run_benchmarks(out_root: Path, dry_run: bool = False) -> list[Path]:
     log = get_logger("reproduce")
     written = []
-    for module in BENCHMARKS:
+    for module in BENCHMARK_MODULES:
         log.info(f"[bench] python -m {module}")
         if dry_run:
             continue
@@ -123,7 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sweeps", default=str(REPO / "multirun" / "reproduce"), help="where the runs go")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
-    _register()
     out_root, sweep_root = Path(args.out), Path(args.sweeps)
     if args.mode == "bench":
         run_benchmarks(out_root, args.dry_run)

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from runners.reproduce import Step
+from fedgeo.report import fed_comparison_table
+from moe.report import moe_comparison_table
 
 Report = Callable[[list[dict], Path], list[Path]]
+
+
+@dataclass
+class Step:
+    """One reproduced table: a multirun of a preset, then its tables."""
+
+    name: str
+    runner: str  # module, e.g. runners.moe
+    sweeps: list[
+        list[str]
+    ]  # one multirun per entry (its overrides, e.g. ["experiment=moetuner_single_node"])
+    by: list[str]  # group-by keys of the generic table
+    metrics: list[str]
+    quick: list[str] = field(default_factory=list)  # extra overrides in quick mode
+    full: list[str] = field(default_factory=list)
+    report: Report | None = None  # paper comparison, from record dicts
+
 
 MOE_METRICS = [
     "balancedness_mean", "cross_gpu_tokens", "cross_node_tokens", "layer_time_tail_s",
@@ -31,51 +48,48 @@ BENCHMARK_MODULES = [
 ]
 
 
-def steps(moe_report: Report, fed_report: Report) -> list[Step]:
-    from runners.reproduce import Step
-
-    return [
-        Step(
-            name="moe_trace_stats",
-            runner="runners.moe",
-            sweeps=[["mode=stats", "trace=deepseek_v2_lite"], ["experiment=moetuner_trace_stats"]],
-            by=["trace.name", "trace.preset"],
-            metrics=["imbalance_max_over_mean", "affinity_mean"],
-        ),
-        Step(
-            name="moe_single_node",
-            runner="runners.moe",
-            sweeps=[["experiment=moetuner_single_node"]],
-            by=["trace.name", "placement.label"],
-            metrics=MOE_METRICS,
-            full=MOE_FULL,
-            report=moe_report,
-        ),
-        Step(
-            name="moe_multi_node",
-            runner="runners.moe",
-            sweeps=[["experiment=moetuner_multi_node"]],
-            by=["trace.name", "placement.label"],
-            metrics=MOE_METRICS,
-            full=MOE_FULL,
-            report=moe_report,
-        ),
-        Step(
-            name="ggeur_label_skew",
-            runner="runners.fed",
-            sweeps=[["experiment=ggeur_local_label_skew"]],
-            by=["dataset.name", "partition.beta", "augment.kind"],
-            metrics=["acc_local_mean", "acc_local_min", "acc_local_max"],
-            full=["augment.target_per_class=2000"],
-            report=fed_report,
-        ),
-        Step(
-            name="ggeur_domain_skew",
-            runner="runners.fed",
-            sweeps=[["experiment=ggeur_local_domain_skew"]],
-            by=["dataset.name", "augment.kind"],
-            metrics=["acc_local_mean", "acc_local_domain_avg"],
-            full=["augment.target_per_class=500", "augment.per_prototype=500"],
-            report=fed_report,
-        ),
-    ]
+STEPS: list[Step] = [
+    Step(
+        name="moe_trace_stats",
+        runner="runners.moe",
+        sweeps=[["mode=stats", "trace=deepseek_v2_lite"], ["experiment=moetuner_trace_stats"]],
+        by=["trace.name", "trace.preset"],
+        metrics=["imbalance_max_over_mean", "affinity_mean"],
+    ),
+    Step(
+        name="moe_single_node",
+        runner="runners.moe",
+        sweeps=[["experiment=moetuner_single_node"]],
+        by=["trace.name", "placement.label"],
+        metrics=MOE_METRICS,
+        full=MOE_FULL,
+        report=moe_comparison_table,
+    ),
+    Step(
+        name="moe_multi_node",
+        runner="runners.moe",
+        sweeps=[["experiment=moetuner_multi_node"]],
+        by=["trace.name", "placement.label"],
+        metrics=MOE_METRICS,
+        full=MOE_FULL,
+        report=moe_comparison_table,
+    ),
+    Step(
+        name="ggeur_label_skew",
+        runner="runners.fed",
+        sweeps=[["experiment=ggeur_local_label_skew"]],
+        by=["dataset.name", "partition.beta", "augment.kind"],
+        metrics=["acc_local_mean", "acc_local_min", "acc_local_max"],
+        full=["augment.target_per_class=2000"],
+        report=fed_comparison_table,
+    ),
+    Step(
+        name="ggeur_domain_skew",
+        runner="runners.fed",
+        sweeps=[["experiment=ggeur_local_domain_skew"]],
+        by=["dataset.name", "augment.kind"],
+        metrics=["acc_local_mean", "acc_local_domain_avg"],
+        full=["augment.target_per_class=500", "augment.per_prototype=500"],
+        report=fed_comparison_table,
+    ),
+]

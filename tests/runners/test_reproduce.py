@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from runners.reproduce import STEPS, _register, main
+from runners.reproduce import main
+from runners.reproduce_steps import STEPS
 from tests.conftest import CONF_DIR, REPO
 
 TINY_FED = [
@@ -18,8 +19,6 @@ TINY_FED = [
 
 
 def test_steps_name_existing_presets_and_runners():
-    if not STEPS:
-        _register()
     for step in STEPS:
         assert (REPO / (step.runner.replace(".", "/") + ".py")).exists(), step.runner
         for overrides in step.sweeps:
