@@ -1,4 +1,7 @@
-"""Turn run records into tables: group by config keys, mean and std over seeds, CSV and Markdown.
+"""Turn run records into tables: group by config keys, mean and std over seeds, CSV and Markdown (pandas).
+
+The one rule for averaging over runs, used by every table of the suite: ``mean_std`` (the mean, and the
+sample standard deviation with ddof=1, undefined (NaN) for a single run; missing values are left out).
 
 Records are read from any mix of single-run folders and multirun trees. Only complete records count;
 temporary files (``.tmp-*``) and broken records are skipped (and reported), never half-read.
@@ -6,14 +9,15 @@ temporary files (``.tmp-*``) and broken records are skipped (and reported), neve
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from common.atomic import atomic_write_text
 from common.errors import RecordError
@@ -30,17 +34,6 @@ class LoadedRecord:
     path: Path
     record: RunRecord
     flat: dict[str, Any]
-
-
-@dataclass
-class Row:
-    """One group of runs: the grouping values, how many runs, and mean/std of every metric."""
-
-    key: dict[str, Any]
-    n: int
-    mean: dict[str, float] = field(default_factory=dict)
-    std: dict[str, float] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=list)
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -78,25 +71,63 @@ def load_records(roots: Iterable[str | os.PathLike[str]]) -> tuple[list[LoadedRe
     return loaded, problems
 
 
-def _hashable(v: Any) -> Any:
+def mean_std(values: Iterable[Any]) -> tuple[float, float]:
+    """The suite's one averaging rule: ``(mean, sample std)`` of the finite values (``None``/NaN dropped).
+
+    Mean by ``math.fsum`` (exact rounding, independent of order); std with ddof=1, NaN for one value; both
+    NaN for none.
+    """
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return math.nan, math.nan
+    mean = math.fsum(vals) / len(vals)
+    if len(vals) == 1:
+        return mean, math.nan
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _mean(values: pd.Series) -> float:
+    return mean_std(values)[0]
+
+
+def _std(values: pd.Series) -> float:
+    return mean_std(values)[1]
+
+
+def _label(v: Any) -> str:
+    """A grouping value as the text tables show (lists as tuples, so that they can be grouped)."""
     if isinstance(v, list):
-        return tuple(_hashable(x) for x in v)
-    if isinstance(v, dict):
-        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
-    return v
+        return str(tuple(v))
+    return str(v)
+
+
+def records_frame(records: Sequence[LoadedRecord], by: Sequence[str]) -> pd.DataFrame:
+    """One row per record: the ``by`` keys as text, ``seed``, and every metric (NaN where undefined)."""
+    rows = [
+        {**{k: _label(r.flat.get(k, MISSING)) for k in by}, "seed": r.record.seed, **_metrics(r)}
+        for r in records
+    ]
+    return pd.DataFrame(rows, columns=list(dict.fromkeys([*by, "seed"])) if not rows else None)
+
+
+def _metrics(r: LoadedRecord) -> dict[str, float]:
+    return {f"metric:{k}": (np.nan if v is None else float(v)) for k, v in r.record.metrics.items()}
 
 
 def group(
     records: Sequence[LoadedRecord], by: Sequence[str], metrics: Sequence[str] | None = None
-) -> list[Row]:
-    """Group records by the dotted config keys ``by``; mean and sample std (ddof=1) of each metric.
+) -> pd.DataFrame:
+    """Group records by the dotted config keys ``by``: ``n`` and ``<metric>_mean`` / ``<metric>_std``.
 
     Args:
         records: from ``load_records``.
-        by: dotted config keys (``placement.name``, ``trace.preset``) or ``suite``. ``seed`` is never a
+        by: dotted config keys (``placement.label``, ``trace.preset``) or ``suite``. ``seed`` is never a
             grouping key unless named, so groups average over seeds.
-        metrics: metric names to keep; default all metrics seen. A metric missing in some runs of a group is
-            averaged over the runs that have it.
+        metrics: metric names to keep; default all metrics seen, in order of appearance. A metric missing in
+            some runs of a group is averaged over the runs that have it (``mean_std``).
+
+    Returns:
+        One row per group, sorted by the keys' text: columns ``by..., n, <m>_mean, <m>_std, ...``.
 
     Raises:
         RecordError: a ``by`` key is absent from every record, or a named metric from every record.
@@ -104,39 +135,24 @@ def group(
     for key in by:
         if records and not any(key in r.flat for r in records):
             raise RecordError(f"--by key '{key}' is in no run's config (try one of: {_some_keys(records)})")
-    if metrics is None:
-        seen: dict[str, None] = {}
-        for r in records:
-            for m in r.record.metrics:
-                seen.setdefault(m, None)
-        metrics = list(seen)
-    else:
-        for m in metrics:
-            if records and not any(m in r.record.metrics for r in records):
-                raise RecordError(f"metric '{m}' is in no run record")
-    groups: dict[tuple[Any, ...], list[LoadedRecord]] = {}
-    for r in records:
-        k = tuple(_hashable(r.flat.get(key, MISSING)) for key in by)
-        groups.setdefault(k, []).append(r)
-    rows: list[Row] = []
-    for k in sorted(groups, key=lambda t: tuple(str(x) for x in t)):
-        members = groups[k]
-        row = Row(
-            key=dict(zip(by, k, strict=True)), n=len(members), seeds=sorted(m.record.seed for m in members)
-        )
-        for m in metrics:
-            vals = [float(v) for r in members if (v := r.record.metrics.get(m)) is not None]
-            if not vals:
-                continue
-            mean = math.fsum(vals) / len(vals)
-            std = (
-                math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-                if len(vals) > 1
-                else 0.0
-            )
-            row.mean[m], row.std[m] = mean, std
-        rows.append(row)
-    return rows
+    seen = list(dict.fromkeys(m for r in records for m in r.record.metrics))
+    for m in metrics or []:
+        if records and m not in seen:
+            raise RecordError(f"metric '{m}' is in no run record")
+    names = list(metrics) if metrics is not None else seen
+    frame = records_frame(records, by)
+    keys = list(by) or ["_all"]
+    if not by:
+        frame["_all"] = "all"
+    grouped = frame.groupby(keys, sort=True, dropna=False)
+    out = grouped.size().rename("n").to_frame()
+    cols = [f"metric:{m}" for m in names if f"metric:{m}" in frame]
+    if cols:
+        stats = grouped[cols].agg([_mean, _std])
+        stats.columns = [f"{c.removeprefix('metric:')}_{s.strip('_')}" for c, s in stats.columns]
+        out = out.join(stats)
+    out = out.reset_index()
+    return out.drop(columns=["_all"]) if not by else out
 
 
 def _some_keys(records: Sequence[LoadedRecord], limit: int = 12) -> str:
@@ -144,26 +160,9 @@ def _some_keys(records: Sequence[LoadedRecord], limit: int = 12) -> str:
     return ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "")
 
 
-def metric_names(rows: Sequence[Row]) -> list[str]:
-    names: dict[str, None] = {}
-    for r in rows:
-        for m in r.mean:
-            names.setdefault(m, None)
-    return list(names)
-
-
-def to_csv(rows: Sequence[Row], by: Sequence[str]) -> str:
-    """CSV with columns ``by..., n, <metric>_mean, <metric>_std, ...``."""
-    names = metric_names(rows)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*by, "n", *[f"{m}_{s}" for m in names for s in ("mean", "std")]])
-    for r in rows:
-        cells: list[Any] = [r.key[k] for k in by] + [r.n]
-        for m in names:
-            cells += [repr(r.mean[m]) if m in r.mean else "", repr(r.std[m]) if m in r.std else ""]
-        w.writerow(cells)
-    return buf.getvalue()
+def metric_names(table: pd.DataFrame) -> list[str]:
+    """The metrics of a ``group`` table, in column order."""
+    return [c.removesuffix("_mean") for c in table.columns if c.endswith("_mean")]
 
 
 def fmt_number(x: float, digits: int = 4) -> str:
@@ -173,30 +172,28 @@ def fmt_number(x: float, digits: int = 4) -> str:
     return f"{x:.{digits - 1}e}"
 
 
-def to_markdown(rows: Sequence[Row], by: Sequence[str], metrics: Sequence[str] | None = None) -> str:
-    """A Markdown table: one row per group, ``mean ± std`` per metric (``± std`` left out when n = 1)."""
-    names = list(metrics) if metrics else metric_names(rows)
-    head = [*by, "n", *names]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for r in rows:
-        cells = [str(r.key[k]) for k in by] + [str(r.n)]
-        for m in names:
-            if m not in r.mean:
-                cells.append("")
-            elif r.n > 1:
-                cells.append(f"{fmt_number(r.mean[m])} ± {fmt_number(r.std[m])}")
-            else:
-                cells.append(fmt_number(r.mean[m]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def mean_std_text(mean: float, std: float, fmt: Any = fmt_number) -> str:
+    """``mean ± std``; ``mean`` alone when std is undefined; empty when the mean is."""
+    if math.isnan(mean):
+        return ""
+    return fmt(mean) if math.isnan(std) else f"{fmt(mean)} ± {fmt(std)}"
 
 
-def write_tables(rows: Sequence[Row], by: Sequence[str], out_prefix: str | os.PathLike[str]) -> list[Path]:
-    """Write ``<out>.csv`` and ``<out>.md`` atomically; returns their paths."""
+def to_markdown(table: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] | None = None) -> str:
+    """A Markdown table (``DataFrame.to_markdown``): one row per group, ``mean ± std`` per metric."""
+    names = [m for m in (metrics or metric_names(table)) if f"{m}_mean" in table]
+    shown = table[[*by, "n"]].astype(str)
+    for m in names:
+        shown[m] = [mean_std_text(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]
+    return shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def write_tables(table: pd.DataFrame, by: Sequence[str], out_prefix: str | os.PathLike[str]) -> list[Path]:
+    """Write ``<out>.csv`` (NaN as an empty cell) and ``<out>.md`` atomically; returns their paths."""
     out = Path(out_prefix)
     paths = [
-        atomic_write_text(out.with_name(out.name + ".csv"), to_csv(rows, by)),
-        atomic_write_text(out.with_name(out.name + ".md"), to_markdown(rows, by)),
+        atomic_write_text(out.with_name(out.name + ".csv"), table.to_csv(index=False, na_rep="")),
+        atomic_write_text(out.with_name(out.name + ".md"), to_markdown(table, by)),
     ]
     get_logger("aggregate").info(f"tables: {', '.join(str(p) for p in paths)}")
     return paths
@@ -220,11 +217,6 @@ def series_by_group(
     out: dict[str, tuple[list[float], list[float]]] = {}
     for label, runs in sorted(buckets.items()):
         steps = min(len(v) for v in runs)
-        cols = [[run[i] for run in runs] for i in range(steps)]
-        means = [math.fsum(c) / len(c) for c in cols]
-        stds = [
-            math.sqrt(math.fsum((x - m) ** 2 for x in c) / (len(c) - 1)) if len(c) > 1 else 0.0
-            for c, m in zip(cols, means, strict=True)
-        ]
-        out[label] = (means, stds)
+        pairs = [mean_std(run[i] for run in runs) for i in range(steps)]
+        out[label] = ([m for m, _ in pairs], [0.0 if math.isnan(s) else s for _, s in pairs])
     return out

@@ -11,8 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
-from common.aggregate import Row  # noqa: E402
 from common.atomic import atomic_write_bytes  # noqa: E402
 
 
@@ -25,17 +25,18 @@ def save_png(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 120) -> P
 
 
 def bar_plot(
-    rows: Sequence[Row],
+    table: pd.DataFrame,
     by: Sequence[str],
     metric: str,
     path: str | os.PathLike[str],
     title: str | None = None,
 ) -> Path:
-    """One bar per group (mean, with std as the error bar) of ``metric``; written atomically as PNG."""
-    rows = [r for r in rows if metric in r.mean]
-    labels = [", ".join(str(r.key[k]) for k in by) for r in rows]
+    """One bar per group of a ``common.aggregate.group`` table (mean, std as the error bar); PNG, atomic."""
+    rows = table[table[f"{metric}_mean"].notna()]
+    labels = [", ".join(str(v) for v in vals) for vals in rows[list(by)].itertuples(index=False)]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 3.6))
-    ax.bar(range(len(rows)), [r.mean[metric] for r in rows], yerr=[r.std[metric] for r in rows], capsize=3)
+    err = rows[f"{metric}_std"].fillna(0.0)
+    ax.bar(range(len(rows)), rows[f"{metric}_mean"], yerr=err, capsize=3)
     ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title(title or metric)

@@ -8,16 +8,15 @@ MoE-layer time), the MoE-layer speedup, balance and cross-GPU volume, next to th
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pandas as pd
 
+from common.aggregate import mean_std
 from common.atomic import atomic_write_text
 from moe.paper_numbers import PAPER_METRICS, paper_value
 
@@ -34,9 +33,6 @@ TABLE_METRICS = (
     "solve_time_s",
 )
 PERCENT = {m for m in TABLE_METRICS if m.endswith("_reduction")}
-PLACEMENT_ORDER = (
-    "contiguous", "round_robin", "random", "greedy", "eplb", "exflow", "moetuner", "moetuner+replicas",
-)  # fmt: skip
 CSV_NAME = "moe_comparison.csv"
 MD_NAME = "moe_comparison.md"
 
@@ -63,59 +59,49 @@ def _is_place_record(rec: Mapping[str, Any]) -> bool:
     )
 
 
-def comparison_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of the comparison table from run-record dicts (others are ignored).
+def _record_row(rec: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = rec["config"]
+    row = {
+        "trace": trace_label(cfg.get("trace", {})),
+        "topology": str(cfg["topology"]["name"]),
+        "placement": placement_label(cfg["placement"]),
+        "seed": rec.get("seed"),
+    }
+    return row | {m: _finite_or_nan(rec["metrics"].get(m)) for m in TABLE_METRICS}
 
-    Each row: ``trace``, ``topology``, ``placement``, ``seeds`` (runs aggregated), ``<metric>_mean`` and
-    ``<metric>_std`` (sample std over seeds; NaN for one seed) for ``TABLE_METRICS``, and ``paper_<metric>``
-    for the paper's numbers (NaN where the paper has none).
+
+def comparison_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The comparison table from run-record dicts (others are ignored).
+
+    One row per (trace, topology, placement): ``seeds`` (distinct seeds aggregated), ``<metric>_mean`` and
+    ``<metric>_std`` (``common.aggregate.mean_std``: NaN std for one seed) for ``TABLE_METRICS``, and
+    ``paper_<metric>`` for the paper's numbers (NaN where the paper has none). Within a trace and topology,
+    contiguous (the baseline) comes first, then the placements by increasing mean speedup.
     """
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for rec in records:
-        if not _is_place_record(rec):
-            continue
-        cfg = rec["config"]
-        key = (
-            trace_label(cfg.get("trace", {})),
-            str(cfg["topology"]["name"]),
-            placement_label(cfg["placement"]),
-        )
-        groups.setdefault(key, []).append(rec)
-
-    def order(key: tuple[str, str, str]) -> tuple[str, str, int, str]:
-        p = key[2]
-        return key[0], key[1], PLACEMENT_ORDER.index(p) if p in PLACEMENT_ORDER else len(PLACEMENT_ORDER), p
-
-    rows = []
-    for key in sorted(groups, key=order):
-        recs = groups[key]
-        row: dict[str, Any] = {"trace": key[0], "topology": key[1], "placement": key[2]}
-        row["seeds"] = len({r.get("seed") for r in recs})
-        for m in TABLE_METRICS:
-            vals = np.array([r["metrics"][m] for r in recs if _finite(r["metrics"].get(m))], dtype=np.float64)
-            row[f"{m}_mean"] = float(vals.mean()) if vals.size else math.nan
-            row[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else math.nan
-        for m in PAPER_METRICS:
-            v = paper_value(key[1], key[2], m)
-            row[f"paper_{m}"] = math.nan if v is None else v
-        rows.append(row)
-    return rows
+    frame = pd.DataFrame([_record_row(r) for r in records if _is_place_record(r)])
+    if frame.empty:
+        return frame
+    keys = ["trace", "topology", "placement"]
+    grouped = frame.groupby(keys, sort=True)
+    table = grouped["seed"].nunique().rename("seeds").to_frame()
+    for m in TABLE_METRICS:
+        stats = grouped[m].agg(lambda v: mean_std(v))
+        table[f"{m}_mean"] = [ms[0] for ms in stats]
+        table[f"{m}_std"] = [ms[1] for ms in stats]
+    table = table.reset_index()
+    for m in PAPER_METRICS:
+        vals = [paper_value(t, p, m) for t, p in zip(table["topology"], table["placement"], strict=True)]
+        table[f"paper_{m}"] = [math.nan if v is None else v for v in vals]
+    baseline_last = table["placement"] != "contiguous"
+    order = table.assign(_b=baseline_last).sort_values(
+        ["trace", "topology", "_b", "speedup_vs_contiguous_mean", "placement"], kind="stable"
+    )
+    return order.drop(columns="_b").reset_index(drop=True)
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def rows_to_csv(rows: list[dict[str, Any]]) -> str:
-    """CSV text (NaN written as an empty cell)."""
-    if not rows:
-        return ""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
-    return buf.getvalue()
+def _finite_or_nan(x: Any) -> float:
+    ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    return float(x) if ok else math.nan
 
 
 def _cell(mean: float, std: float, percent: bool) -> str:
@@ -128,26 +114,24 @@ def _cell(mean: float, std: float, percent: bool) -> str:
     return text
 
 
-def rows_to_markdown(rows: list[dict[str, Any]]) -> str:
+def rows_to_markdown(table: pd.DataFrame) -> str:
     """A Markdown table: ours (mean ± std over seeds) with the paper's number in brackets where it has one."""
-    head = ["trace", "topology", "placement", "seeds", *TABLE_METRICS]
-    lines = [
-        "Reductions are 1 - placement / contiguous (higher is better), measured in the same run; "
-        "[paper: x] is MoETuner's reported value (its speedup is end-to-end, ours is the MoE layers only).",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for row in rows:
-        cells = [row["trace"], row["topology"], row["placement"], str(row["seeds"])]
-        for m in TABLE_METRICS:
+    shown = table[["trace", "topology", "placement"]].copy()
+    shown["seeds"] = table["seeds"].astype(str)
+    for m in TABLE_METRICS:
+        cells = []
+        for _, row in table.iterrows():
             text = _cell(row[f"{m}_mean"], row[f"{m}_std"], m in PERCENT)
             paper = row.get(f"paper_{m}", math.nan)
             if not math.isnan(paper):
                 text += f" [paper: {paper * 100:.1f}%]" if m in PERCENT else f" [paper: {paper:.3f}]"
             cells.append(text)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        shown[m] = cells
+    note = (
+        "Reductions are 1 - placement / contiguous (higher is better), measured in the same run; "
+        "[paper: x] is MoETuner's reported value (its speedup is end-to-end, ours is the MoE layers only)."
+    )
+    return f"{note}\n\n{shown.to_markdown(index=False, disable_numparse=True)}\n"
 
 
 def moe_comparison_table(records: Iterable[Mapping[str, Any]], out: str | os.PathLike[str]) -> list[Path]:
@@ -155,11 +139,11 @@ def moe_comparison_table(records: Iterable[Mapping[str, Any]], out: str | os.Pat
 
     Writes nothing and returns ``[]`` when no record is a placement run.
     """
-    rows = comparison_rows(records)
-    if not rows:
+    table = comparison_rows(records)
+    if table.empty:
         return []
     out_dir = Path(out)
     return [
-        atomic_write_text(out_dir / CSV_NAME, rows_to_csv(rows)),
-        atomic_write_text(out_dir / MD_NAME, rows_to_markdown(rows)),
+        atomic_write_text(out_dir / CSV_NAME, table.to_csv(index=False, na_rep="")),
+        atomic_write_text(out_dir / MD_NAME, rows_to_markdown(table)),
     ]

@@ -29,6 +29,7 @@ from moe.placement.placer import PlacementProblem, Placer
 from moe.placement.simple import Contiguous
 from moe.stats import cross_layer_counts, expert_load
 from moe.topology import topology_from_config
+from runners.moe_inputs import load_traces
 
 # Metrics compared with the baseline: ``<name>_vs_contiguous`` = this / contiguous, and for the paper's
 # comparisons ``<stem>_reduction`` = 1 - this / contiguous.
@@ -140,8 +141,6 @@ def with_model_dims(topology_cfg: Any, model: Any) -> Any:
 
 def run(ctx: RunContext) -> RunOutput:
     """Profile, place, evaluate, compare with contiguous; see the module docstring."""
-    from runners.moe_inputs import load_traces
-
     cfg = ctx.config
     log = ctx.log
     topology = topology_from_config(

@@ -1,11 +1,12 @@
 import csv
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
-from common.aggregate import group, load_records, to_markdown
+from common.aggregate import group, load_records, mean_std, to_markdown
 from common.errors import RecordError
 from common.experiment import RunOutput, run_experiment
 from runners.aggregate import main as aggregate_main
@@ -37,12 +38,19 @@ def test_group_means_and_stds(tree):
     assert len(records) == 5
     assert len(problems) == 1 and "unreadable" in problems[0]
     rows = group(records, ["placement.name"], ["time"])
-    assert [r.key["placement.name"] for r in rows] == ["a", "b"]
-    assert [r.n for r in rows] == [3, 2]
-    assert rows[0].mean["time"] == pytest.approx(2.0) and rows[0].std["time"] == pytest.approx(1.0)
-    assert rows[1].mean["time"] == pytest.approx(12.0) and rows[1].std["time"] == pytest.approx(8**0.5)
+    assert rows["placement.name"].tolist() == ["a", "b"]
+    assert rows["n"].tolist() == [3, 2]
+    assert rows["time_mean"].tolist() == pytest.approx([2.0, 12.0])
+    assert rows["time_std"].tolist() == pytest.approx([1.0, 8**0.5])
     md = to_markdown(rows, ["placement.name"])
-    assert "| a | 3 | 2 ± 1 |" in md
+    assert [c.strip() for c in md.splitlines()[2].strip("|").split("|")] == ["a", "3", "2 ± 1"]
+
+
+def test_one_rule_for_mean_and_std():
+    assert mean_std([1.0, None, 3.0, float("nan")]) == (2.0, pytest.approx(2**0.5))
+    mean, std = mean_std([5.0])
+    assert mean == 5.0 and math.isnan(std)  # undefined for one run, shown without ± in tables
+    assert all(math.isnan(x) for x in mean_std([None]))
 
 
 def test_cli_writes_csv_markdown_and_plots(tree, tmp_path, capsys):
@@ -56,10 +64,10 @@ def test_cli_writes_csv_markdown_and_plots(tree, tmp_path, capsys):
         ("a", "3", 2.0),
         ("b", "2", 12.0),
     ]
-    assert (tmp_path / "results" / "table.md").read_text().startswith("| placement.name | n |")
+    assert (tmp_path / "results" / "table.md").read_text().split("|")[1:3] == [" placement.name   ", " n   "]
     for name in ("table_time.png", "table_curve.png"):
         assert (tmp_path / "results" / name).read_bytes()[:4] == b"\x89PNG"
-    assert "| b | 2 |" in capsys.readouterr().out
+    assert "| b                | 2   | 12 ± 2.828 |" in capsys.readouterr().out
 
 
 def test_unknown_group_key_is_named(tree):

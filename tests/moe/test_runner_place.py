@@ -171,7 +171,7 @@ def test_comparison_rows_average_over_seeds_next_to_the_paper(tmp_path):
         fake_record("deepseek_v2_lite", "paper_single_node", "greedy", 0, 0.1),
         {"suite": "fed", "config": {}, "metrics": {"accuracy": 1.0}, "seed": 0},  # ignored
     ]
-    rows = comparison_rows(records)
+    rows = comparison_rows(records).to_dict("records")
     assert [r["placement"] for r in rows] == ["greedy", "moetuner"]
     mt = rows[1]
     assert mt["seeds"] == 2
@@ -190,7 +190,7 @@ def test_comparison_rows_average_over_seeds_next_to_the_paper(tmp_path):
 
 def test_comparison_table_from_real_run_records(tmp_path):
     records = [place(tmp_path, name, seed=s) for name in ("contiguous", "greedy") for s in (0, 1)]
-    rows = comparison_rows(records)
+    rows = comparison_rows(records).to_dict("records")
     assert [(r["trace"], r["placement"], r["seeds"]) for r in rows] == [
         ("synthetic:mixtral_8x7b", "contiguous", 2),
         ("synthetic:mixtral_8x7b", "greedy", 2),
