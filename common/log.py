@@ -14,9 +14,11 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.config import build, rekey, schema
 from common.errors import ConfigError
 
 _ROOT = "suite"
@@ -211,38 +213,73 @@ class RunLogger:
         self.finish("complete" if exc_type is None else "failed")
 
 
+@schema("logger", "run_logger")
+@dataclass(frozen=True)
+class LoggerSpec:
+    """Which sinks a run logs to (the ``logger`` config group; every option uses this one schema).
+
+    Attributes:
+        kind: ``none`` (console + JSONL), ``wandb_offline`` (adds wandb, files only, no login) or ``wandb``
+            (online: needs a login and a network).
+        project, entity, group, name, tags: wandb's; ``group`` defaults to the sweep folder's name and
+            ``name`` to the job's overrides.
+    """
+
+    kind: str = "none"
+    project: str = "moe-fedgeo-bench"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOGGER_KINDS:
+            raise ConfigError("kind", f"expected one of {list(LOGGER_KINDS)}, got {self.kind!r}")
+
+
+def logger_spec(logger_cfg: Mapping[str, Any] | LoggerSpec | None) -> LoggerSpec:
+    """The ``logger`` node as a ``LoggerSpec`` (built by instantiate when it has a ``_target_``)."""
+    if isinstance(logger_cfg, LoggerSpec):
+        return logger_cfg
+    cfg = dict(logger_cfg or {})
+    if "_target_" in cfg:
+        return build(cfg, "logger")
+    try:
+        return LoggerSpec(**cfg)
+    except TypeError as exc:
+        raise ConfigError("logger", f"unknown option: {exc}") from None
+    except ConfigError as exc:
+        raise rekey(exc, "logger") from None
+
+
 def make_run_logger(
-    logger_cfg: Mapping[str, Any] | None,
+    logger_cfg: Mapping[str, Any] | LoggerSpec | None,
     run_dir: str | os.PathLike[str],
     config: Mapping[str, Any],
     default_group: str | None = None,
     default_name: str | None = None,
     console: bool = True,
 ) -> RunLogger:
-    """Build the sinks of one run from the ``logger`` config group.
+    """Build the sinks of one run from the ``logger`` config group (see ``LoggerSpec``).
 
-    ``logger_cfg.kind`` is ``none`` (console + JSONL), ``wandb_offline`` or ``wandb`` (both add wandb).
     The JSONL log is always written to ``run_dir/events.jsonl``.
     """
-    cfg = dict(logger_cfg or {"kind": "none"})
-    kind = cfg.get("kind", "none")
-    if kind not in LOGGER_KINDS:
-        raise ConfigError("logger.kind", f"expected one of {LOGGER_KINDS}, got {kind!r}")
+    spec = logger_spec(logger_cfg)
     sinks: list[Sink] = []
     if console:
         sinks.append(ConsoleSink())
     sinks.append(JsonlSink(Path(run_dir) / "events.jsonl"))
-    if kind != "none":
+    if spec.kind != "none":
         sinks.append(
             WandbSink(
                 run_dir,
                 config,
-                project=cfg.get("project") or "moe-fedgeo-bench",
-                mode="offline" if kind == "wandb_offline" else cfg.get("mode", "online"),
-                group=cfg.get("group") or default_group,
-                name=cfg.get("name") or default_name,
-                tags=cfg.get("tags") or (),
-                entity=cfg.get("entity"),
+                project=spec.project,
+                mode="offline" if spec.kind == "wandb_offline" else "online",
+                group=spec.group or default_group,
+                name=spec.name or default_name,
+                tags=spec.tags,
+                entity=spec.entity,
             )
         )
     return RunLogger(sinks)

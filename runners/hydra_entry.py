@@ -28,7 +28,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 
 # Every option schema of the suite's packages, in Hydra's ConfigStore before any config is composed.
-install_schemas("moe", "fedgeo")
+install_schemas("common", "moe", "fedgeo")
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
