@@ -69,6 +69,25 @@ def _pack_distinct(items: np.ndarray, weights: np.ndarray, num_bins: int, per_bi
     return out
 
 
+def _check_rebalance(e: int, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int) -> None:
+    """Refuse slot, group and node counts that ``rebalance_experts`` cannot pack (the message has numbers)."""
+    if num_replicas < e or num_replicas % num_gpus:
+        raise InputError(
+            f"eplb: num_replicas={num_replicas} must be >= {e} experts and a multiple of {num_gpus} GPUs"
+        )
+    if num_gpus % num_nodes:
+        raise InputError(f"eplb: {num_gpus} GPUs are not a whole number of {num_nodes} nodes")
+    if e % num_groups or num_groups % num_nodes:
+        raise InputError(
+            f"eplb: num_groups={num_groups} must divide {e} experts and be a multiple of {num_nodes} nodes"
+        )
+    if num_replicas // num_gpus > e // num_nodes:
+        raise InputError(
+            f"eplb: {num_replicas // num_gpus} slots per GPU exceed the {e // num_nodes} experts of a node; a GPU cannot hold "
+            "two copies of one expert (use fewer redundant experts)"
+        )
+
+
 def rebalance_experts(
     weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,25 +107,11 @@ def rebalance_experts(
     """
     w = check_load(weight, "weight")
     num_layers, e = w.shape
-    if num_replicas < e or num_replicas % num_gpus:
-        raise InputError(
-            f"eplb: num_replicas={num_replicas} must be >= {e} experts and a multiple of {num_gpus} GPUs"
-        )
-    if num_gpus % num_nodes:
-        raise InputError(f"eplb: {num_gpus} GPUs are not a whole number of {num_nodes} nodes")
-    if e % num_groups or num_groups % num_nodes:
-        raise InputError(
-            f"eplb: num_groups={num_groups} must divide {e} experts and be a multiple of {num_nodes} nodes"
-        )
+    _check_rebalance(e, num_replicas, num_groups, num_nodes, num_gpus)
     slots_gpu = num_replicas // num_gpus
     gpus_node = num_gpus // num_nodes
     slots_node = num_replicas // num_nodes
     group_size = e // num_groups
-    if slots_gpu > e // num_nodes:
-        raise InputError(
-            f"eplb: {slots_gpu} slots per GPU exceed the {e // num_nodes} experts of a node; a GPU cannot hold "
-            "two copies of one expert (use fewer redundant experts)"
-        )
     phy2log = np.empty((num_layers, num_replicas), dtype=np.int64)
     for li in range(num_layers):
         group_load = w[li].reshape(num_groups, group_size).sum(axis=1)
@@ -127,14 +132,19 @@ def rebalance_experts(
                 start = (n * gpus_node + local) * slots_gpu
                 phy2log[li, start : start + slots_gpu] = held
     logcnt = np.stack([np.bincount(row, minlength=e) for row in phy2log])
-    width = int(logcnt.max())
-    log2phy = np.full((num_layers, e, width), -1, dtype=np.int64)
+    return phy2log, _log2phy(phy2log, logcnt), logcnt
+
+
+def _log2phy(phy2log: np.ndarray, logcnt: np.ndarray) -> np.ndarray:
+    """``log2phy [L, E, max_copies]``: the slots of each logical expert, ``-1`` padded."""
+    num_layers, e = logcnt.shape
+    log2phy = np.full((num_layers, e, int(logcnt.max())), -1, dtype=np.int64)
     for li in range(num_layers):
         fill = np.zeros(e, dtype=np.int64)
         for s, x in enumerate(phy2log[li]):
             log2phy[li, x, fill[x]] = s
             fill[x] += 1
-    return phy2log, log2phy, logcnt
+    return log2phy
 
 
 def eplb(

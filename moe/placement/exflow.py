@@ -18,7 +18,7 @@ the gap of either solver provable.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pulp
@@ -163,6 +163,64 @@ def locality_bound(pairs: np.ndarray, per_gpu: int) -> float:
     return out
 
 
+@dataclass
+class _Run:
+    """One ExFlow placement: the inputs every partition level shares, and what the levels report."""
+
+    r: np.ndarray  # R [L-1, E, E]
+    method: str
+    max_vars: int
+    opts: milp.SolverOptions
+    levels: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def level(self, members: list[np.ndarray], parts: int, budget_end: float) -> np.ndarray:
+        """Partition each layer's ``members`` into ``parts`` equal parts by sweeps, then the ILP if it fits."""
+        r = self.r
+        part, sweeps = _sweeps(r, members, parts, budget_end)
+        rep: dict = {"parts": parts, "method": "sweeps", "sweeps": sweeps}
+        size = _ilp_size(r, members, parts)
+        if self.method in ("auto", "ilp") and size <= self.max_vars and r.shape[0] > 0:
+            sol, res = _ilp(r, members, parts, self.opts, budget_end, part)
+            rep.update(res.to_info())
+            self.notes.extend(f"ExFlow ILP ({parts} parts): {note}" for note in res.notes)
+            if sol is not None and _cross(r, members, sol) <= _cross(r, members, part):
+                part = sol
+                rep["method"] = "ilp"
+            else:
+                self.notes.append(
+                    f"ExFlow ILP ({parts} parts) ended '{res.status}'; kept the sweeps' assignment"
+                )
+        elif self.method in ("auto", "ilp"):
+            self.notes.append(
+                f"ExFlow ILP needs {size} variables > max_vars={self.max_vars}; solved by sweeps"
+            )
+        self.levels.append(rep)
+        return part
+
+    def info(self, gpu_of: np.ndarray, per_gpu: int, t0: float, hierarchical: bool) -> dict:
+        """The placement's report: cross-GPU pair fraction as objective, its bound and gap, status, levels."""
+        r = self.r
+        total = float(r.sum())
+        all_experts = [np.arange(r.shape[1]) for _ in range(r.shape[0] + 1)]
+        cross = _cross(r, all_experts, gpu_of)
+        bound_cross = max(0.0, total - locality_bound(r, per_gpu))
+        obj = cross / total if total else 0.0
+        bound = min(obj, bound_cross / total) if total else 0.0
+        gap = milp.relative_gap(obj, bound)
+        return {
+            "status": milp.placement_status(gap, self.opts.gap, t0 + self.opts.time_limit_s),
+            "objective": obj,
+            "bound": bound,
+            "gap": gap,
+            "solve_time_s": round(time.monotonic() - t0, 6),
+            "size": next((lv.get("size") for lv in self.levels if lv.get("size")), None),
+            "levels": self.levels,
+            "hierarchical": hierarchical,
+            "notes": self.notes,
+        }
+
+
 def exflow(
     pairs: np.ndarray,
     num_gpus: int,
@@ -197,57 +255,20 @@ def exflow(
         raise ConfigError("method", f"expected one of {list(METHODS)}, got {method!r}")
     opts = options or milp.SolverOptions(time_limit_s=30.0)
     t0 = time.monotonic()
-    deadline = t0 + opts.time_limit_s
-    notes: list[str] = []
-    levels: list[dict] = []
-
-    def level(members: list[np.ndarray], parts: int, budget_end: float) -> np.ndarray:
-        part, sweeps = _sweeps(r, members, parts, budget_end)
-        rep: dict = {"parts": parts, "method": "sweeps", "sweeps": sweeps}
-        size = _ilp_size(r, members, parts)
-        if method in ("auto", "ilp") and size <= max_vars and num_layers > 1:
-            sol, res = _ilp(r, members, parts, opts, budget_end, part)
-            rep.update(res.to_info())
-            notes.extend(f"ExFlow ILP ({parts} parts): {note}" for note in res.notes)
-            if sol is not None and _cross(r, members, sol) <= _cross(r, members, part):
-                part = sol
-                rep["method"] = "ilp"
-            else:
-                notes.append(f"ExFlow ILP ({parts} parts) ended '{res.status}'; kept the sweeps' assignment")
-        elif method in ("auto", "ilp"):
-            notes.append(f"ExFlow ILP needs {size} variables > max_vars={max_vars}; solved by sweeps")
-        levels.append(rep)
-        return part
-
+    run = _Run(r, method, max_vars, opts)
     all_experts = [np.arange(e) for _ in range(num_layers)]
     if nodes > 1:
-        node_of = level(all_experts, nodes, t0 + 0.5 * opts.time_limit_s)
+        node_of = run.level(all_experts, nodes, t0 + 0.5 * opts.time_limit_s)
         gpu_of = np.empty((num_layers, e), dtype=np.int64)
         for n in range(nodes):
             members = [np.flatnonzero(node_of[li] == n) for li in range(num_layers)]
             end = t0 + opts.time_limit_s * (0.5 + 0.5 * (n + 1) / nodes)
-            local = level(members, gpus_per_node, end)
+            local = run.level(members, gpus_per_node, end)
             for li in range(num_layers):
                 gpu_of[li, members[li]] = n * gpus_per_node + local[li]
     else:
-        gpu_of = level(all_experts, num_gpus, deadline)
-    total = float(r.sum())
-    cross = _cross(r, all_experts, gpu_of)
-    bound_cross = max(0.0, total - locality_bound(r, per_gpu))
-    obj = cross / total if total else 0.0
-    bound = min(obj, bound_cross / total) if total else 0.0
-    gap = milp.relative_gap(obj, bound)
-    info = {
-        "status": milp.placement_status(gap, opts.gap, deadline),
-        "objective": obj,
-        "bound": bound,
-        "gap": gap,
-        "solve_time_s": round(time.monotonic() - t0, 6),
-        "size": next((lv.get("size") for lv in levels if lv.get("size")), None),
-        "levels": levels,
-        "hierarchical": nodes > 1,
-        "notes": notes,
-    }
+        gpu_of = run.level(all_experts, num_gpus, t0 + opts.time_limit_s)
+    info = run.info(gpu_of, per_gpu, t0, nodes > 1)
     return Placement.from_expert_to_gpu(gpu_of, num_gpus, name="exflow", info=info)
 
 

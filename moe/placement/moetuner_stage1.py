@@ -109,6 +109,67 @@ def canonical(cluster_of: np.ndarray, rank: np.ndarray) -> np.ndarray:
     return np.array([relabel[int(c)] for c in cluster_of], dtype=np.int64)
 
 
+def _model(
+    load: np.ndarray, g: int, equal_size: bool, rank: np.ndarray, lb: float, start: np.ndarray
+) -> tuple[pulp.LpProblem, dict[tuple[int, int], pulp.LpVariable]]:
+    """Stage 1's MILP for one layer, warm-started at ``start``; ``x[c, e]`` exists for ``c <= rank[e]``
+    (the symmetry cut: the heaviest expert opens cluster 0, ...)."""
+    e = load.size
+    prob = pulp.LpProblem("moetuner_stage1", pulp.LpMinimize)
+    x = {
+        (c, ex): prob.add_variable(f"x_{c}_{ex}", cat=pulp.LpBinary)
+        for ex in range(e)
+        for c in range(min(g, int(rank[ex]) + 1))
+    }
+    d = [prob.add_variable(f"d_{c}", lowBound=0) for c in range(g)]
+    mean = float(load.sum() / g)
+    prob += pulp.lpSum(d)
+    prob += pulp.lpSum(d) >= lb, "combinatorial_bound"
+    members: list[list[int]] = [[] for _ in range(g)]
+    for c, ex in x:
+        members[c].append(ex)
+    for ex in range(e):
+        prob += pulp.lpSum(x[c, ex] for c in range(min(g, int(rank[ex]) + 1))) == 1, f"one_{ex}"
+    for c in range(g):
+        tc = pulp.LpAffineExpression([(x[c, ex], float(load[ex])) for ex in members[c]])
+        count = pulp.lpSum(x[c, ex] for ex in members[c])
+        prob += (count == e // g) if equal_size else (count >= 1), f"size_{c}"
+        prob += d[c] - tc >= -mean, f"over_{c}"
+        prob += d[c] + tc >= mean, f"under_{c}"
+    t = np.bincount(start, weights=load, minlength=g)
+    for (c, ex), var in x.items():
+        var.setInitialValue(1 if start[ex] == c else 0)
+    for c in range(g):
+        d[c].setInitialValue(abs(t[c] - mean))
+    return prob, x
+
+
+def _best_of(
+    load: np.ndarray,
+    g: int,
+    res: milp.SolveResult,
+    x: dict[tuple[int, int], pulp.LpVariable],
+    start: np.ndarray,
+    start_obj: float,
+) -> tuple[np.ndarray, float, list[str]]:
+    """The solver's clustering when it has one no worse than the warm start, else the warm start; with
+    notes saying which."""
+    notes = list(res.notes)
+    if not res.has_solution:
+        notes.append(
+            f"solver ended '{res.status}' without a solution; kept the warm start (LPT + local search)"
+        )
+        return start, start_obj, notes
+    sol = np.full(load.size, -1, dtype=np.int64)
+    for (c, ex), var in x.items():
+        if (var.varValue or 0) > 0.5:
+            sol[ex] = c
+    if (sol >= 0).all() and imbalance(load, sol, g) <= start_obj:
+        return sol, imbalance(load, sol, g), notes
+    notes.append("solver solution not better than the warm start; kept the warm start")
+    return start, start_obj, notes
+
+
 def solve_layer(
     load: np.ndarray,
     num_clusters: int,
@@ -147,50 +208,11 @@ def solve_layer(
         report.update(size=None, solver_ran=False, notes=["warm start proved within gap by the bound"])
         return Stage1Layer(start, report)
 
-    prob = pulp.LpProblem("moetuner_stage1", pulp.LpMinimize)
-    x = {
-        (c, ex): prob.add_variable(f"x_{c}_{ex}", cat=pulp.LpBinary)
-        for ex in range(e)
-        for c in range(min(g, int(rank[ex]) + 1))
-    }
-    d = [prob.add_variable(f"d_{c}", lowBound=0) for c in range(g)]
-    mean = float(load.sum() / g)
-    prob += pulp.lpSum(d)
-    prob += pulp.lpSum(d) >= lb, "combinatorial_bound"
-    members: list[list[int]] = [[] for _ in range(g)]
-    for c, ex in x:
-        members[c].append(ex)
-    for ex in range(e):
-        prob += pulp.lpSum(x[c, ex] for c in range(min(g, int(rank[ex]) + 1))) == 1, f"one_{ex}"
-    for c in range(g):
-        tc = pulp.LpAffineExpression([(x[c, ex], float(load[ex])) for ex in members[c]])
-        count = pulp.lpSum(x[c, ex] for ex in members[c])
-        prob += (count == e // g) if equal_size else (count >= 1), f"size_{c}"
-        prob += d[c] - tc >= -mean, f"over_{c}"
-        prob += d[c] + tc >= mean, f"under_{c}"
-    t = np.bincount(start, weights=load, minlength=g)
-    for (c, ex), var in x.items():
-        var.setInitialValue(1 if start[ex] == c else 0)
-    for c in range(g):
-        d[c].setInitialValue(abs(t[c] - mean))
+    prob, x = _model(load, g, equal_size, rank, lb, start)
     if tol > 0:
         options = replace(options, abs_gap=tol)
     res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=True, deadline=deadline)
-    cluster_of, obj = start, start_obj
-    notes = list(res.notes)
-    if res.has_solution:
-        sol = np.full(e, -1, dtype=np.int64)
-        for (c, ex), var in x.items():
-            if (var.varValue or 0) > 0.5:
-                sol[ex] = c
-        if (sol >= 0).all() and imbalance(load, sol, g) <= start_obj:
-            cluster_of, obj = sol, imbalance(load, sol, g)
-        else:
-            notes.append("solver solution not better than the warm start; kept the warm start")
-    else:
-        notes.append(
-            f"solver ended '{res.status}' without a solution; kept the warm start (LPT + local search)"
-        )
+    cluster_of, obj, notes = _best_of(load, g, res, x, start, start_obj)
     bound = max(lb, res.bound) if res.bound is not None else lb
     bound = min(bound, obj)
     gap = milp.relative_gap(obj, bound)
