@@ -89,44 +89,64 @@ def run_experiment(
         raise ConfigError("seed", f"expected a non-negative integer, got {seed!r}")
     out_dir = Path(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = get_logger("run")
     chash = config_hash(cfg)
     if resume:
-        found = find_complete_record(resume_roots, chash)
-        if found is not None:
-            path, rec = found
-            if path.resolve() != (out_dir / "result.json").resolve():
-                rec = replace(rec, resumed_from=str(path))
-                write_record(out_dir, rec)
-            log.info(f"resume: config {chash} already complete in {path.parent}; skipped")
-            return rec
-
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
-    rng = seed_everything(seed)
+        done = resume_from(resume_roots, chash, out_dir)
+        if done is not None:
+            return done
     run_logger = make_run_logger(cfg.get("logger"), out_dir, cfg, default_group=group, default_name=name)
-    ctx = RunContext(run_dir=out_dir, config=cfg, seed=seed, rng=rng, logger=run_logger)
-    run_logger.event("start", suite=suite, config_hash=chash, run_dir=str(out_dir))
     try:
-        output = body(ctx)
-        record = RunRecord(
-            suite=suite,
-            config=cfg,
-            metrics=dict(output.metrics),
-            series={k: list(map(float, v)) for k, v in output.series.items()},
-            series_step=dict(output.series_step),
-            seed=seed,
-            started=started,
-            duration_s=round(time.perf_counter() - t0, 6),
-            git_sha=git_sha(),
-            config_hash=chash,
-            artifacts=list(ctx.artifacts),
-        )
-        run_logger.summary(record.metrics)
-        write_record(out_dir, record)
+        record = _execute(cfg, suite, body, out_dir, run_logger, chash)
     except BaseException:
         run_logger.finish("failed")
         raise
     run_logger.finish("complete")
-    log.info(f"run record: {out_dir / 'result.json'}")
+    get_logger("run").info(f"run record: {out_dir / 'result.json'}")
+    return record
+
+
+def resume_from(roots: Sequence[str | os.PathLike[str]], chash: str, out_dir: Path) -> RunRecord | None:
+    """The complete record of config ``chash`` under ``roots``, copied into ``out_dir`` (unless it is
+    already there) and marked ``resumed_from``; ``None`` when there is none."""
+    found = find_complete_record(roots, chash)
+    if found is None:
+        return None
+    path, rec = found
+    if path.resolve() != (out_dir / "result.json").resolve():
+        rec = replace(rec, resumed_from=str(path))
+        write_record(out_dir, rec)
+    get_logger("run").info(f"resume: config {chash} already complete in {path.parent}; skipped")
+    return rec
+
+
+def _execute(
+    cfg: dict[str, Any],
+    suite: str,
+    body: Callable[[RunContext], RunOutput],
+    out_dir: Path,
+    run_logger: RunLogger,
+    chash: str,
+) -> RunRecord:
+    """Seed, run ``body``, write the record atomically; returns it."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    rng = seed_everything(cfg["seed"])
+    ctx = RunContext(run_dir=out_dir, config=cfg, seed=cfg["seed"], rng=rng, logger=run_logger)
+    run_logger.event("start", suite=suite, config_hash=chash, run_dir=str(out_dir))
+    output = body(ctx)
+    record = RunRecord(
+        suite=suite,
+        config=cfg,
+        metrics=dict(output.metrics),
+        series={k: list(map(float, v)) for k, v in output.series.items()},
+        series_step=dict(output.series_step),
+        seed=cfg["seed"],
+        started=started,
+        duration_s=round(time.perf_counter() - t0, 6),
+        git_sha=git_sha(),
+        config_hash=chash,
+        artifacts=list(ctx.artifacts),
+    )
+    run_logger.summary(record.metrics)
+    write_record(out_dir, record)
     return record

@@ -138,11 +138,39 @@ def read_record(path: str | os.PathLike[str]) -> RunRecord:
         raise RecordError(f"{p}: not a run record of schema {SCHEMA!r}")
     if raw.get("status") != "complete":
         raise RecordError(f"{p}: run record status is {raw.get('status')!r}, not 'complete'")
+    _check_field_types(raw, p)
     fields = {k: raw[k] for k in RunRecord.__dataclass_fields__ if k in raw}
     try:
         return RunRecord(**fields)
     except TypeError as exc:
         raise RecordError(f"{p}: run record is missing fields ({exc})") from exc
+    except RecordError as exc:
+        raise RecordError(f"{p}: {exc}") from exc
+
+
+# The JSON type of each record field that readers rely on.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "suite": (str,),
+    "config": (dict,),
+    "metrics": (dict,),
+    "seed": (int,),
+    "series": (dict,),
+    "series_step": (dict,),
+    "artifacts": (list,),
+    "duration_s": (int, float),
+}
+
+
+def _check_field_types(raw: Mapping[str, Any], p: Path) -> None:
+    """Refuse a record whose fields have the wrong JSON types (``"config": 5``), naming the field."""
+    for name, types in _FIELD_TYPES.items():
+        value = raw.get(name)
+        if name in raw and (isinstance(value, bool) or not isinstance(value, types)):
+            want = " or ".join(t.__name__ for t in types)
+            raise RecordError(f"{p}: run record field '{name}' must be a {want}, got {type(value).__name__}")
+    for name, value in (raw.get("series") or {}).items():
+        if not isinstance(value, list):
+            raise RecordError(f"{p}: run record series '{name}' must be a list, got {type(value).__name__}")
 
 
 def iter_record_paths(roots: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:

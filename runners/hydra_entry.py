@@ -8,13 +8,21 @@ exit status 2; nothing is written to the run record.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 from common.config import install_schemas
 from common.errors import SuiteError
@@ -25,7 +33,6 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 
 # Every option schema of the suite's packages, in Hydra's ConfigStore before any config is composed.
 install_schemas("common", "moe", "fedgeo")
@@ -55,21 +62,30 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
     return plain  # type: ignore[return-value]
 
 
-def run_from_hydra(cfg: DictConfig, suite: str, body: Callable[[RunContext], RunOutput]) -> RunRecord:
-    """Run ``body`` in the current Hydra job's output folder and write its record."""
-    from hydra.core.hydra_config import HydraConfig
+def resume_roots(resume_dir: str | None, run_dir: Path, sweep_dir: Path | None, cwd: Path) -> list[Path]:
+    """Where finished jobs are looked for: ``resume_dir`` when the user names one (relative to the launch
+    folder), else this sweep's own folder (a multirun) or this run's own folder. Never another sweep's."""
+    if resume_dir:
+        root = Path(resume_dir)
+        return [root if root.is_absolute() else cwd / root]
+    return [sweep_dir if sweep_dir is not None else run_dir]
 
+
+def run_from_hydra(cfg: DictConfig, suite: str, body: Callable[[RunContext], RunOutput]) -> RunRecord:
+    """Run ``body`` in the current Hydra job's output folder and write its record.
+
+    With ``resume=true`` (the default) a job whose complete record (same config hash) is already in this
+    sweep's folder (or in ``resume_dir``) is skipped; ``resume=false`` always runs.
+    """
     plain = to_plain(cfg)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    cwd = Path(hc.runtime.cwd)
     is_multirun = str(hc.mode) == "RunMode.MULTIRUN"
-    if plain.get("resume_dir"):
-        roots = [Path(plain["resume_dir"])]
-        roots = [r if r.is_absolute() else cwd / r for r in roots]
-    else:
-        roots = [cwd / "multirun", cwd / "outputs"]
-    group = Path(hc.sweep.dir).name if is_multirun else None
+    sweep_dir = Path(hc.sweep.dir) if is_multirun else None
+    if sweep_dir is not None and not sweep_dir.is_absolute():
+        sweep_dir = Path(hc.runtime.cwd) / sweep_dir
+    roots = resume_roots(plain.get("resume_dir"), run_dir, sweep_dir, Path(hc.runtime.cwd))
+    group = sweep_dir.name if sweep_dir is not None else None
     name = hc.job.override_dirname or hc.job.name
     try:
         return run_experiment(
@@ -77,9 +93,9 @@ def run_from_hydra(cfg: DictConfig, suite: str, body: Callable[[RunContext], Run
             suite,
             body,
             run_dir=run_dir,
-            resume=bool(plain.get("resume", False)),
+            resume=bool(plain.get("resume", True)),
             resume_roots=roots,
-            group=plain.get("logger", {}).get("group") or group,
+            group=(plain.get("logger") or {}).get("group") or group,
             name=name,
         )
     except SuiteError as exc:
@@ -106,7 +122,38 @@ def check_group_overrides(argv: list[str], conf_dir: str = CONF_DIR) -> None:
                 fail(f"config group '{key}' has no option '{v}' (choose from: {', '.join(options)})")
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def composition_message(exc: BaseException, conf_dir: str = CONF_DIR) -> str:
+    """One line for a config Hydra could not compose: the key, what is wrong, what to do."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    key = re.search(r"override '([^']+)'", text) or re.search(r"override ([^=\s]+)=", text)
+    if key is None:
+        detail = f" ({_first_line(cause)})" if cause is not None else ""
+        return f"bad config: {_first_line(exc)}{detail}"
+    name = key.group(1)
+    groups = sorted(p.relative_to(conf_dir).as_posix() for p in Path(conf_dir).rglob("*") if p.is_dir())
+    if "No match in the defaults list" in text or ("." not in name and name not in groups):
+        return f"'{name}' is neither a config group nor a config key (groups: {', '.join(groups)})"
+    if isinstance(cause, ConfigKeyError) or "Key '" in str(cause):
+        return f"config key '{name}' does not exist (check its spelling; to add a new key: +{name}=...)"
+    return f"config key '{name}': {_first_line(cause) if cause is not None else _first_line(exc)}"
+
+
 def hydra_cli(main: Callable[[], Any]) -> None:
-    """Run a ``@hydra.main`` function after checking the command line's group overrides."""
+    """Run a ``@hydra.main`` function after checking the command line's group overrides.
+
+    A config Hydra cannot compose (unknown key or group, a value of the wrong type) and Ctrl-C each end in
+    one ``error:`` line with exit status 2 (130 for Ctrl-C); completed records are never touched.
+    """
     check_group_overrides(sys.argv[1:])
-    main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let the errors reach this function instead of Hydra's printer
+    try:
+        main()
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C): completed runs keep their records; the interrupted run wrote none", 130)
+    except (ConfigCompositionException, OverrideParseException, MissingConfigException) as exc:
+        fail(composition_message(exc))

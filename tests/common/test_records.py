@@ -108,3 +108,23 @@ def test_undefined_metric_round_trips_as_null(tmp_path):
     """A ratio that is 0/0 (cross-node volume on one node) is stored as null and read back as None."""
     write_record(tmp_path, make_record({"ratio": float("nan"), "x": 1.0}))
     assert read_record(tmp_path).metrics == {"ratio": None, "x": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("config", 5, "field 'config' must be a dict, got int"),
+        ("metrics", [1, 2], "field 'metrics' must be a dict, got list"),
+        ("seed", "0", "field 'seed' must be a int, got str"),
+        ("series", {"x": 3}, "series 'x' must be a list"),
+        ("metrics", {"acc": "high"}, "metric 'acc' must be a number"),
+    ],
+)
+def test_valid_json_of_the_wrong_types_is_refused_by_name(tmp_path, field, value, message):
+    rec = RunRecord(suite="fed", config={"seed": 0}, metrics={"acc": 0.5}, seed=0, started="t", duration_s=1.0)
+    path = write_record(tmp_path, rec)
+    raw = json.loads(path.read_text())
+    raw[field] = value
+    path.write_text(json.dumps(raw))
+    with pytest.raises(RecordError, match=message):
+        read_record(path)
