@@ -121,7 +121,9 @@ def test_undefined_metric_round_trips_as_null(tmp_path):
     ],
 )
 def test_valid_json_of_the_wrong_types_is_refused_by_name(tmp_path, field, value, message):
-    rec = RunRecord(suite="fed", config={"seed": 0}, metrics={"acc": 0.5}, seed=0, started="t", duration_s=1.0)
+    rec = RunRecord(
+        suite="fed", config={"seed": 0}, metrics={"acc": 0.5}, seed=0, started="t", duration_s=1.0
+    )
     path = write_record(tmp_path, rec)
     raw = json.loads(path.read_text())
     raw[field] = value
