@@ -1,52 +1,88 @@
-"""Bad command lines give one clear error line naming the key, a non-zero exit, and no run record."""
+"""Bad command lines give one ``error:`` line naming the key, exit status 2, and no run record.
+
+The runners are called in-process (``hydra_cli`` with a patched ``sys.argv``): the same code path as the
+command line, without starting a Python per case.
+"""
 
 from __future__ import annotations
 
-import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+import runners.moe_place
+from runners import fed as fed_runner
+from runners import moe as moe_runner
+from runners.hydra_entry import hydra_cli
+
+RUNNERS = {"runners.moe": moe_runner.main, "runners.fed": fed_runner.main}
+QUICK = ("trace=synthetic", "trace.tokens=2000", "eval.batch_tokens=512")
 
 
-def run(module: str, *args: str, tmp_path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def cli(module: str, *args: str, tmp_path: Path, monkeypatch, capsys) -> tuple[int, list[str]]:
+    """Run ``python -m module args`` in-process; returns (exit status, stderr lines)."""
+    monkeypatch.setattr(sys, "argv", [module, *args, f"hydra.run.dir={tmp_path / 'run'}"])
+    code = 0
+    try:
+        hydra_cli(RUNNERS[module])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err.strip().splitlines()
 
 
 @pytest.mark.parametrize(
-    "module, override, group",
-    [("runners.moe", "placement=nope", "placement"), ("runners.fed", "dataset=nope", "dataset")],
+    ("module", "args", "first_words"),
+    [
+        (
+            "runners.moe",
+            ["placement=nope"],
+            "error: config group 'placement' has no option 'nope' (choose from: ",
+        ),
+        (
+            "runners.fed",
+            ["dataset=nope"],
+            "error: config group 'dataset' has no option 'nope' (choose from: ",
+        ),
+        (
+            "runners.moe",
+            ["-m", "placement=greedy,nope"],
+            "error: config group 'placement' has no option 'nope'",
+        ),
+        ("runners.moe", ["placement.gapp=0.1"], "error: config key 'placement.gapp' does not exist"),
+        ("runners.moe", ["placemnt=greedy"], "error: 'placemnt' is neither a config group nor a config key"),
+        ("runners.moe", ["no_such_key=1"], "error: 'no_such_key' is neither a config group nor a config key"),
+        (
+            "runners.moe",
+            ["placement.gap=abc"],
+            "error: config key 'placement.gap': Value 'abc' of type 'str'",
+        ),
+        ("runners.moe", ["trace=file"], "error: missing required value for config key 'trace.path'"),
+        (
+            "runners.moe",
+            [*QUICK, "placement=moetuner", "placement.gap=-1"],
+            "error: config key 'placement.gap'",
+        ),
+    ],
 )
-def test_unknown_group_option(module, override, group, tmp_path):
-    proc = run(module, override, tmp_path=tmp_path)
-    assert proc.returncode == 2
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: config group '{group}' has no option 'nope' (choose from: ")
+def test_one_error_line_exit_2_no_record(module, args, first_words, tmp_path, monkeypatch, capsys):
+    code, err = cli(module, *args, tmp_path=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2
+    assert err[-1].startswith(first_words), err[-3:]
+    assert sum(line.startswith("error:") for line in err) == 1
     assert not (tmp_path / "run" / "result.json").exists()
 
 
-def test_unknown_option_inside_a_sweep(tmp_path):
-    proc = run("runners.moe", "-m", "placement=greedy,nope", tmp_path=tmp_path)
-    assert proc.returncode == 2
-    assert "'placement' has no option 'nope'" in proc.stderr
+def test_ctrl_c_ends_in_one_line_and_leaves_no_record(tmp_path, monkeypatch, capsys):
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
 
-
-def test_missing_required_value_names_the_key(tmp_path):
-    proc = run("runners.moe", "trace=file", tmp_path=tmp_path)
-    assert proc.returncode == 2
-    assert (
-        proc.stderr.strip()
-        .splitlines()[-1]
-        .startswith("error: missing required value for config key 'trace.path'")
+    monkeypatch.setattr(runners.moe_place, "evaluate_placement", interrupted)
+    code, err = cli(
+        "runners.moe", *QUICK, "placement=greedy", tmp_path=tmp_path, monkeypatch=monkeypatch, capsys=capsys
     )
+    assert code == 130
+    assert err[-1].startswith("error: interrupted (Ctrl-C)")
+    assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "run" / "result.json").exists()
-
-
-def test_unknown_plain_key_is_refused_by_hydra(tmp_path):
-    proc = run("runners.moe", "no_such_key=1", tmp_path=tmp_path)
-    assert proc.returncode != 0
-    assert "no_such_key" in proc.stderr
+    assert not list((tmp_path / "run").glob(".tmp-*"))

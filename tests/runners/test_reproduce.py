@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
-import pytest
-
+from runners.hydra_entry import hydra_cli
+from runners.moe import main as moe_main
 from runners.reproduce import main
 from runners.reproduce_steps import STEPS
 from tests.conftest import CONF_DIR, REPO
-
-TINY_FED = [
-    "dataset.num_classes=3", "dataset.dim=4", "dataset.train_per_class=20", "dataset.test_per_class=10",
-    "partition.clients=2", "augment.target_per_class=25", "train.epochs=1", "train.min_steps=0",
-]  # fmt: skip
 
 
 def test_steps_name_existing_presets_and_runners():
@@ -33,35 +27,53 @@ def test_dry_run_and_unknown_step(capsys):
     assert "unknown step(s) ['bogus']" in capsys.readouterr().err
 
 
-def _sweep(sweep, *extra):
-    return subprocess.run(
-        [sys.executable, "-m", "runners.fed", "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", *TINY_FED, *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+STATS = ["mode=stats", "trace=synthetic", "trace.tokens=2000", "trace.preset=mixtral_8x7b"]
 
 
-def test_multirun_resume_skips_complete_jobs_and_redoes_a_broken_one(tmp_path):
+def _sweep(sweep, monkeypatch, capsys, *extra) -> str:
+    """A real Hydra multirun of ``runners.moe`` over two seeds, in-process; returns its stderr."""
+    monkeypatch.setattr(
+        sys, "argv", ["runners.moe", "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", *STATS, *extra]
+    )
+    hydra_cli(moe_main)
+    return capsys.readouterr().err
+
+
+def _events(sweep):
+    return {j: (sweep / j / "events.jsonl").read_text() for j in ("0", "1")}
+
+
+def test_multirun_resume_by_default_in_its_own_folder(tmp_path, monkeypatch, capsys):
     sweep = tmp_path / "sweep"
-    first = _sweep(sweep)
-    assert first.returncode == 0, first.stderr[-2000:]
+    _sweep(sweep, monkeypatch, capsys)
     records = {j: json.loads((sweep / j / "result.json").read_text()) for j in ("0", "1")}
     (sweep / "1" / "result.json").write_text('{"schema": "suite.run/1", "sta')  # a job killed mid-write
-    events_0 = (sweep / "0" / "events.jsonl").read_text()
-    again = _sweep(sweep, "resume=true", f"resume_dir={sweep}")
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert (sweep / "0" / "events.jsonl").read_text() == events_0  # job 0 did not run again
-    assert "already complete" in again.stderr
+    before = _events(sweep)
+    err = _sweep(sweep, monkeypatch, capsys)  # the same command again: resume=true is the default
+    assert _events(sweep)["0"] == before["0"]  # job 0 did not run again
+    assert "already complete" in err
     redone = json.loads((sweep / "1" / "result.json").read_text())
-
-    def numbers(rec):  # every metric but the wall-clock timings (``*_s``)
-        return {k: v for k, v in rec["metrics"].items() if not k.endswith("_s")}
-
-    assert numbers(redone) == numbers(records["1"])  # re-run, bit-identical numbers
+    assert redone["metrics"] == records["1"]["metrics"]  # re-run, bit-identical numbers
     assert redone["config_hash"] == records["1"]["config_hash"]
 
+    _sweep(sweep, monkeypatch, capsys, "resume=false")  # forces a rerun of every job
+    assert _events(sweep)["0"] != before["0"]
 
-@pytest.mark.parametrize("bad", ["resume_dir=/definitely/not/here"])
-def test_resume_with_an_empty_resume_dir_runs_everything(tmp_path, bad):
-    proc = _sweep(tmp_path / "s", "resume=true", bad)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+
+def test_nothing_is_taken_from_another_folder_unless_named(tmp_path, monkeypatch, capsys):
+    first = tmp_path / "first"
+    _sweep(first, monkeypatch, capsys)
+    _sweep(tmp_path / "second", monkeypatch, capsys)  # same jobs, another folder: they run
+    assert all(
+        json.loads((tmp_path / "second" / j / "result.json").read_text())["resumed_from"] is None
+        for j in "01"
+    )
+    err = _sweep(tmp_path / "third", monkeypatch, capsys, f"resume_dir={first}")
+    assert "already complete" in err
+    copied = json.loads((tmp_path / "third" / "0" / "result.json").read_text())
+    assert copied["resumed_from"] == str(first / "0" / "result.json")
+
+
+def test_resume_with_an_empty_resume_dir_runs_everything(tmp_path, monkeypatch, capsys):
+    _sweep(tmp_path / "s", monkeypatch, capsys, "resume_dir=/definitely/not/here")
     assert (tmp_path / "s" / "0" / "result.json").exists() and (tmp_path / "s" / "1" / "result.json").exists()
