@@ -5,17 +5,21 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
 
 import numpy as np
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> np.random.Generator:
-    """Seed ``random``, NumPy's global state and torch (CPU and every CUDA device).
+    """Seed ``random``, NumPy's global state and, when the process has loaded it, torch (CPU and CUDA).
+
+    Modules that use torch import it at module level, so torch is loaded before a runner seeds; a run that
+    never touches torch does not pay for importing it.
 
     Args:
         seed: a non-negative integer.
-        deterministic: ask torch for deterministic algorithms (``warn_only`` so that an operation without a
-            deterministic kernel warns instead of failing) and set the cuBLAS workspace variable.
+        deterministic: on CUDA, ask torch for deterministic algorithms (``warn_only`` so that an operation
+            without a deterministic kernel warns instead of failing) and set the cuBLAS workspace variable.
 
     Returns:
         A fresh ``numpy.random.Generator`` seeded with ``seed``; prefer it over the global state.
@@ -26,17 +30,15 @@ def seed_everything(seed: int, deterministic: bool = True) -> np.random.Generato
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - seeding the legacy global state is the point
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    try:
-        import torch
-    except ImportError:  # torch is a dependency, but the algorithms here do not need it
+    torch = sys.modules.get("torch")
+    if torch is None:  # a run that never loaded torch needs no torch seed (and skips its 2-7 s import)
         return np.random.default_rng(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        if hasattr(torch.backends, "cudnn"):
+        if deterministic:  # CPU kernels are deterministic already; the switch loads torch's compiler (seconds)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
     return np.random.default_rng(seed)
