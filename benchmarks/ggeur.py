@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.timing import timed
 from common.experiment import RunContext, RunOutput, run_experiment
-from fedgeo.ggeur import aggregate_stats, augment_client, class_shapes, client_stats
+from fedgeo.ggeur import aggregate_stats, augment_client, class_shapes, client_stats, noise_factors
 from fedgeo.partitions import dirichlet_label_skew
 from fedgeo.synthetic import make_synthetic
 
@@ -55,7 +55,8 @@ def bench_setting(name: str, C: int, d: int, per_class: int, target: int, K: int
     t_central, _ = timed(
         lambda: [np.cov(X[y == c].T.astype(np.float64), bias=True) for c in range(C)], repeats
     )
-    t_eig, shapes = timed(lambda: class_shapes(pooled), repeats)
+    t_eig, _ = timed(lambda: class_shapes(pooled), repeats)
+    t_chol, shapes = timed(lambda: noise_factors(pooled, "sqrt"), repeats)
 
     def gen_all() -> int:
         rngs = [np.random.default_rng(k) for k in range(K)]
@@ -80,6 +81,9 @@ def bench_setting(name: str, C: int, d: int, per_class: int, target: int, K: int
         f"{name}_central_cov_s": t_central,
         f"{name}_aggregate_vs_central": t_agg / t_central,
         f"{name}_eig_s": t_eig,
+        f"{name}_cholesky_s": t_chol,
+        f"{name}_server_step_s": t_agg + t_chol,
+        f"{name}_cholesky_speedup_vs_eig": t_eig / t_chol,
         f"{name}_generate_s": t_gen,
         f"{name}_generated": float(n_gen),
         f"{name}_generated_per_s": n_gen / t_gen,

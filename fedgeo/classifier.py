@@ -8,11 +8,38 @@ these pieces: ``make_classifier`` for the global model, ``train_epochs`` for a c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
+from common.config import schema
 from common.errors import ConfigError, InputError
+
+
+@schema("train", "default")
+@dataclass(frozen=True)
+class TrainSettings:
+    """Client training (``train`` in ``conf/fed.yaml``): Adam on cross-entropy in ``mode=local``; in
+    ``mode=fl`` every round's local update takes ``fl.local_epochs`` passes of the strategy's optimiser.
+
+    Attributes:
+        epochs: passes over the local set (``mode=local``). batch_size: minibatch size.
+        lr: learning rate (Adam in ``mode=local``). weight_decay: Adam's L2 weight decay.
+        min_steps: ``mode=local``: at least this many Adam steps per client (small sets get more passes).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    min_steps: int = 500
+
+    def __post_init__(self) -> None:
+        _check_train(self.epochs, self.batch_size, self.lr)
+        if self.min_steps < 0:
+            raise ConfigError("train.min_steps", f"expected a non-negative integer, got {self.min_steps!r}")
 
 
 def make_classifier(dim: int, num_classes: int, seed: int = 0) -> nn.Linear:

@@ -15,16 +15,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.atomic import atomic_savez
-from common.errors import InputError
+from common.config import schema
+from common.errors import ConfigError, InputError
 from common.log import get_logger
 from common.progress import track
-from fedgeo.data import EmbeddingDataset, ImageDataset
+from common.seeding import derive_seed
+from fedgeo.data import DatasetSource, EmbeddingDataset, ImageDataset, required_path
+from fedgeo.datasets import digits_image_dataset, load_office_caltech_images
+from fedgeo.image_sources import cifar_images, image_folder, tiny_imagenet_images
 
 CACHE_VERSION = 1
 
@@ -178,3 +184,61 @@ def clip_embedding_dataset(
         name=f"{images.name}:{model_name}",
         split=images.split,
     )
+
+
+CLIP_SOURCES = ("office_caltech_images", "digits", "cifar10", "cifar100", "tiny_imagenet", "image_folder")
+
+
+@schema("dataset", "clip")
+@dataclass(frozen=True)
+class ClipSource(DatasetSource):
+    """``dataset=clip``: open_clip features of an image ``source``, cached under ``paths.feature_cache``.
+
+    Attributes:
+        source: one of ``CLIP_SOURCES``; ``root`` is the folder of cifar10/cifar100/tiny_imagenet/image_folder.
+        folder_name: the dataset's name for ``source=image_folder``. grid: image size for ``source=digits``.
+        model, pretrained, image_size, batch_size, device: the open_clip encoder (``pretrained=None``: random).
+    """
+
+    name: str = "clip"
+    source: str = "office_caltech_images"
+    root: str | None = None
+    folder_name: str = "image_folder"
+    domains: list[str] | None = None
+    grid: int = 32
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    image_size: int | None = None
+    batch_size: int = 64
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source not in CLIP_SOURCES:
+            raise ConfigError("source", f"expected one of {CLIP_SOURCES}, got {self.source!r}")
+        if self.source not in ("office_caltech_images", "digits") and not self.root:
+            raise ConfigError("root", f"source {self.source} needs the folder that holds its files")
+
+    def images(self, data_root: str) -> ImageDataset:
+        if self.source == "office_caltech_images":
+            return load_office_caltech_images(data_root, self.domains)
+        if self.source == "digits":
+            return digits_image_dataset(data_root, self.grid, self.domains)
+        if self.source in ("cifar10", "cifar100"):
+            return cifar_images(str(self.root), self.source)
+        if self.source == "tiny_imagenet":
+            return tiny_imagenet_images(str(self.root))
+        return image_folder(str(self.root), self.folder_name, self.domains)
+
+    def read(self, paths: Mapping[str, Any], seed: int) -> EmbeddingDataset:
+        data_root = str(paths.get("fl_data") or "")
+        return clip_embedding_dataset(
+            self.images(data_root),
+            cache_dir=required_path(paths, "feature_cache"),
+            model_name=self.model,
+            pretrained=self.pretrained,
+            batch_size=self.batch_size,
+            device=self.device,
+            image_size=self.image_size,
+            seed=derive_seed(seed, "clip-init"),
+        )

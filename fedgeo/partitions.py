@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from common.atomic import atomic_savez, atomic_write_json
+from common.config import schema
 from common.errors import ConfigError, InputError
 from common.seeding import derive_seed
+from fedgeo.data import EmbeddingDataset
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
@@ -274,3 +276,100 @@ def domain_label_dirichlet(
     split = _flwr_dirichlet(domains * C + labels, K, beta, min_size, seed)
     params = {"clients": K, "beta": beta, "seed": seed, "min_size": min_size}
     return _finish(split, labels, domains, C, "domain_dirichlet", params)
+
+
+@dataclass(frozen=True)
+class Partitioner:
+    """Base of the ``partition`` options; ``method`` is the option's name (records and tables use it)."""
+
+    method: str = ""
+
+    def split(self, train: EmbeddingDataset, seed: int) -> Partition:
+        """The partition of ``train``'s rows; ``seed`` is the run's (a partition seed is derived from it)."""
+        raise NotImplementedError(f"{type(self).__name__}.split")
+
+    def _check_method(self, expected: str) -> None:
+        if self.method != expected:
+            raise ConfigError("method", f"expected {expected} for partition={expected}, got {self.method!r}")
+
+
+@schema("partition", "dirichlet")
+@dataclass(frozen=True)
+class DirichletSplit(Partitioner):
+    """Label skew (``dirichlet_label_skew``): ``clients``, ``beta``, ``one_per_class``, ``min_size``."""
+
+    method: str = "dirichlet"
+    clients: int = 10
+    beta: float = 0.1
+    one_per_class: bool = True
+    min_size: int = 0
+
+    def __post_init__(self) -> None:
+        self._check_method("dirichlet")
+        _check_int("clients", self.clients, 1)
+        if not self.beta > 0:
+            raise ConfigError("beta", f"expected a positive number, got {self.beta!r}")
+
+    def split(self, train: EmbeddingDataset, seed: int) -> Partition:
+        return dirichlet_label_skew(
+            train.labels,
+            self.clients,
+            self.beta,
+            derive_seed(seed, "partition"),
+            num_classes=train.num_classes,
+            one_per_class=self.one_per_class,
+            min_size=self.min_size,
+            domains=train.domains,
+        )
+
+
+@schema("partition", "domain")
+@dataclass(frozen=True)
+class DomainSplit(Partitioner):
+    """Domain skew (``domain_skew``): client k holds ``fraction`` of domain ``k // clients_per_domain``."""
+
+    method: str = "domain"
+    fraction: float = 1.0
+    clients_per_domain: int = 1
+
+    def __post_init__(self) -> None:
+        self._check_method("domain")
+
+    def split(self, train: EmbeddingDataset, seed: int) -> Partition:
+        return domain_skew(
+            train.labels,
+            train.domains,
+            derive_seed(seed, "partition"),
+            fraction=self.fraction,
+            clients_per_domain=self.clients_per_domain,
+            num_classes=train.num_classes,
+            num_domains=train.num_domains,
+        )
+
+
+@schema("partition", "domain_dirichlet")
+@dataclass(frozen=True)
+class DomainDirichletSplit(Partitioner):
+    """Domain plus label skew (``domain_label_dirichlet``): every (domain, class) cell by Dirichlet(beta)."""
+
+    method: str = "domain_dirichlet"
+    clients: int = 10
+    beta: float = 0.1
+    min_size: int = 0
+
+    def __post_init__(self) -> None:
+        self._check_method("domain_dirichlet")
+        _check_int("clients", self.clients, 1)
+        if not self.beta > 0:
+            raise ConfigError("beta", f"expected a positive number, got {self.beta!r}")
+
+    def split(self, train: EmbeddingDataset, seed: int) -> Partition:
+        return domain_label_dirichlet(
+            train.labels,
+            train.domains,
+            self.clients,
+            self.beta,
+            derive_seed(seed, "partition"),
+            num_classes=train.num_classes,
+            min_size=self.min_size,
+        )

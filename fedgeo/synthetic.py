@@ -10,12 +10,16 @@ all its class means, ``"rotate"`` rotates all class means about the origin by th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from common.config import schema
 from common.errors import ConfigError
-from fedgeo.data import EmbeddingDataset
+from common.seeding import derive_seed
+from fedgeo.data import DatasetSource, EmbeddingDataset
 
 DOMAIN_MODES = ("shift", "rotate")
 
@@ -127,3 +131,38 @@ def make_synthetic(
     train = draw(train_per_class)
     test = draw(test_per_class)
     return SyntheticData(train=train, test=test, class_means=means, class_covs=covs)
+
+
+@schema("dataset", "synthetic")
+@dataclass(frozen=True)
+class SyntheticSource(DatasetSource):
+    """``dataset=synthetic``: ``make_synthetic`` with these arguments and a seed derived from the run's.
+
+    Has its own test set (``test_per_class`` per domain and class).
+    """
+
+    name: str = "synthetic"
+    num_classes: int = 10
+    dim: int = 32
+    num_domains: int = 1
+    train_per_class: int = 100
+    test_per_class: int = 50
+    separation: float = 4.0
+    anisotropy: float = 50.0
+    domain_shift: float = 3.0
+    domain_mode: str = "shift"
+
+    def read(self, paths: Mapping[str, Any], seed: int) -> tuple[EmbeddingDataset, EmbeddingDataset]:
+        syn = make_synthetic(
+            num_classes=self.num_classes,
+            dim=self.dim,
+            num_domains=self.num_domains,
+            train_per_class=self.train_per_class,
+            test_per_class=self.test_per_class,
+            separation=self.separation,
+            anisotropy=self.anisotropy,
+            domain_shift=self.domain_shift,
+            domain_mode=self.domain_mode,
+            seed=derive_seed(seed, "synthetic"),
+        )
+        return syn.train, syn.test

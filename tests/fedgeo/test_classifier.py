@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from common.errors import ConfigError
+from fedgeo.augment import GGEUR, ClientData
 from fedgeo.classifier import evaluate, make_classifier, predict, train_epochs
-from fedgeo.ggeur import ClientData, augment_federation
 from fedgeo.partitions import dirichlet_label_skew
 from fedgeo.synthetic import make_synthetic
 
@@ -40,8 +40,7 @@ def test_ggeur_beats_raw_local_data_under_strong_label_skew(seed: int) -> None:
     tr, te = syn.train, syn.test
     part = dirichlet_label_skew(tr.labels, 10, 0.05, seed=seed, num_classes=10)
     clients = [ClientData(tr.features[i], tr.labels[i], tr.domains[i]) for i in part.client_indices]
-    rngs = [np.random.default_rng(k) for k in range(10)]
-    augmented, _ = augment_federation(clients, 10, 1, rngs, target_per_class=100)
+    augmented, _ = GGEUR(target_per_class=100, multi_domain=False).augment_all(clients, 10, 1, seed=seed)
     gains = []
     for k in range(3):
         acc = []

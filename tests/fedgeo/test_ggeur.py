@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
+from fedgeo.augment import GGEUR, ClientData
 from fedgeo.ggeur import (
     ClassStats,
-    ClientData,
     aggregate_prototypes,
     aggregate_stats,
     augment_client,
-    augment_federation,
     augment_from_prototypes,
     class_shapes,
     client_prototypes,
     client_stats,
+    guide_mask,
+    noise_factors,
     sample_around,
 )
 from fedgeo.synthetic import make_synthetic
@@ -92,7 +93,7 @@ def test_augment_counts_and_originals() -> None:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((30, 4)).astype(np.float32)
     y = np.array([0] * 20 + [1] * 7 + [2] * 3)
-    shapes = class_shapes(client_stats(X, y, 4))
+    shapes = noise_factors(client_stats(X, y, 4))
     Xa, ya = augment_client(X, y, shapes, np.random.default_rng(1), target_per_class=10)
     np.testing.assert_array_equal(
         np.bincount(ya, minlength=4), [20, 10, 10, 0]
@@ -111,7 +112,7 @@ def test_augment_counts_and_originals() -> None:
 def test_augment_is_deterministic_for_a_seed() -> None:
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 5)).astype(np.float32), rng.integers(0, 3, 40)
-    shapes = class_shapes(client_stats(X, y, 3))
+    shapes = noise_factors(client_stats(X, y, 3))
     a = augment_client(X, y, shapes, np.random.default_rng(7), target_per_class=100)
     b = augment_client(X, y, shapes, np.random.default_rng(7), target_per_class=100)
     np.testing.assert_array_equal(a[0], b[0])
@@ -131,11 +132,12 @@ def test_edge_cases_missing_class_single_sample_and_high_dimension() -> None:
     shapes = class_shapes(pooled)
     assert np.all(shapes.eigvals >= 0) and np.all(np.isfinite(shapes.eigvecs))
     assert np.count_nonzero(shapes.eigvals[0] > 1e-9) <= 5  # rank <= n - 1 with d = 50
-    Xa, ya = augment_client(X2, y2, shapes, np.random.default_rng(0), target_per_class=20)
+    nf = noise_factors(pooled)
+    Xa, ya = augment_client(X2, y2, nf, np.random.default_rng(0), target_per_class=20)
     assert np.all(np.isfinite(Xa))
     np.testing.assert_array_equal(np.bincount(ya, minlength=4), [20, 20, 0, 0])  # lacking classes: nothing
     # Class 2 has one sample in the whole federation: shape 0, so generated samples equal the anchor.
-    Xb, yb = augment_client(X1, y1, shapes, np.random.default_rng(0), target_per_class=5)
+    Xb, yb = augment_client(X1, y1, nf, np.random.default_rng(0), target_per_class=5)
     np.testing.assert_array_equal(Xb[yb == 2], np.repeat(X1[5:6], 5, axis=0))
     # The generated spread of class 0 stays inside the span of its centred samples.
     Xc = np.concatenate([X1[y1 == 0], X2[y2 == 0]]).astype(np.float64)
@@ -165,23 +167,52 @@ def test_prototypes_and_multi_domain_generation() -> None:
         for c in range(3):
             rows = (tr.domains == k) & (tr.labels == c)
             np.testing.assert_allclose(protos.means[k, c], tr.features[rows].mean(0), atol=1e-5)
-    shapes = class_shapes(aggregate_stats(client_stats(c.features, c.labels, 3) for c in clients))
-    Xp, yp = augment_from_prototypes(protos, [0], shapes, 2000, "sqrt", np.random.default_rng(0))
+    nf = noise_factors(aggregate_stats(client_stats(c.features, c.labels, 3) for c in clients))
+    Xp, yp = augment_from_prototypes(protos, [0], nf, 2000, np.random.default_rng(0))
     assert Xp.shape == (2 * 3 * 2000, 6)
     # Domain 0 is skipped; the first block is domain 1, class by class: class 2 is its third block.
     block = slice(2 * 2000, 3 * 2000)
     assert np.all(yp[block] == 2)
     np.testing.assert_allclose(Xp[block].mean(0), protos.means[1, 2], atol=0.25)
-    out, _ = augment_federation(
-        clients,
-        3,
-        3,
-        [np.random.default_rng(k) for k in range(3)],
-        target_per_class=30,
-        multi_domain=True,
-        per_prototype=10,
+    out, _ = GGEUR(target_per_class=30, multi_domain=True, per_prototype=10).augment_all(
+        clients, 3, 3, seed=0
     )
     for k, o in enumerate(out):
         assert o.labels.size == 3 * 30 + 2 * 3 * 10
         assert set(np.unique(o.domains)) == {-1, *range(3)}
         assert np.count_nonzero(o.domains == k) == 60  # originals only; other domains come from prototypes
+
+
+def test_cholesky_factor_gives_the_pooled_covariance_and_lambda_the_squared_shape() -> None:
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6)), rng.integers(0, 2, 400)
+    stats = client_stats(X, y, 2)
+    nf = noise_factors(stats, "sqrt")
+    for c in range(2):
+        F = nf.factors[c].astype(np.float64)
+        np.testing.assert_allclose(F @ F.T, stats.covs[c], rtol=1e-5, atol=1e-5)
+        lam = noise_factors(stats, "lambda").factors[c].astype(np.float64)
+        w = np.linalg.eigvalsh(stats.covs[c])
+        np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(lam @ lam.T)), np.sort(w**2), rtol=1e-4)
+
+
+def test_guide_clients_hold_80_percent_of_each_class() -> None:
+    counts = np.array([[50, 0], [30, 10], [15, 10], [5, 80]])
+    mask = guide_mask(counts, 0.8)
+    assert mask[:, 0].tolist() == [True, True, False, False]  # 50 + 30 = 80 of 100
+    assert mask[:, 1].tolist() == [False, False, False, True]  # 80 of 100
+    rng = np.random.default_rng(0)
+    Xs = [rng.standard_normal((int(n), 3)) + k for k, n in enumerate(counts[:, 0])]
+    stats = [client_stats(X, np.zeros(len(X), dtype=int), 1) for X in Xs]
+    guide = aggregate_stats(stats, cov_clients="guide")
+    np.testing.assert_allclose(guide.covs[0], np.cov(np.concatenate(Xs[:2]).T, bias=True), atol=1e-10)
+    with pytest.raises(ConfigError, match="cov_clients"):
+        aggregate_stats(stats, cov_clients="largest")
+
+
+def test_multi_domain_default_comes_from_the_partition() -> None:
+    assert GGEUR().resolve("domain").multi_domain is True and GGEUR().resolve("domain").label == "ggeur+md"
+    assert (
+        GGEUR().resolve("dirichlet").multi_domain is False and GGEUR().resolve("dirichlet").label == "ggeur"
+    )
+    assert GGEUR(multi_domain=True).resolve("dirichlet").multi_domain is True

@@ -1,0 +1,151 @@
+"""The federation's ``ClientApp`` (Flower Message API): data preparation queries and the train handler.
+
+Messages a client answers:
+
+- ``query.norm``: its per-dimension feature statistics for the normaliser (``fedgeo.normalize``).
+- ``query.ggeur``: GGEUR's upload (class counts, means, packed covariances, optional per-domain prototypes)
+  of its normalised data.
+- ``query.prepare``: the fitted normaliser and the server's GGEUR reply; the client builds its training set
+  once (normalised, augmented) and keeps it in a file next to its data (``client_<k>.prepared.npz``).
+- ``train``: the global parameters (and the strategy's payload); it runs the strategy's client update and
+  replies with parameters, ``num-examples`` and the strategy's extras. Per-client state (SCAFFOLD's
+  control, FedDyn's gradient, MOON's previous model) lives in Flower's ``context.state``.
+
+A client finds its data as ``client_<partition-id>.npz`` in ``data-dir`` (node config, or the setup's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common.atomic import atomic_savez
+from common.seeding import derive_seed
+from common.threads import limit_threads
+from fedgeo.augment import Augmenter, ClientData
+from fedgeo.classifier import TrainSettings
+from fedgeo.fl.records import from_record, to_record
+from fedgeo.fl.settings import FLSettings
+from fedgeo.fl.strategy.base import FLStrategy
+from fedgeo.fl.training import LocalOpts
+from fedgeo.models import ClassifierModel
+from fedgeo.normalize import Normalizer, norm_stats
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every client of a run needs besides its data (built by the runner, sent with the app)."""
+
+    strategy: FLStrategy
+    model: ClassifierModel
+    augment: Augmenter
+    train: TrainSettings
+    fl: FLSettings
+    normalize: str
+    num_classes: int
+    num_domains: int
+    dim: int
+    seed: int
+    data_dir: str
+
+
+_CACHE: dict[str, ClientData] = {}
+
+
+def client_file(data_dir: str | Path, k: int, prepared: bool = False) -> Path:
+    return Path(data_dir) / (f"client_{k}.prepared.npz" if prepared else f"client_{k}.npz")
+
+
+def save_client(path: Path, data: ClientData) -> None:
+    atomic_savez(path, compressed=False, X=data.features, y=data.labels, domains=data.domains)
+
+
+def load_client(path: Path) -> ClientData:
+    """A client's set, cached per process by path (a prepared set is read once per worker)."""
+    key = str(path)
+    if key not in _CACHE:
+        with np.load(path) as z:
+            _CACHE[key] = ClientData(z["X"], z["y"].astype(np.int64), z["domains"].astype(np.int64))
+    return _CACHE[key]
+
+
+def _where(context: Context, setup: Setup) -> tuple[int, str]:
+    k = int(context.node_config.get("partition-id", 0))
+    return k, str(context.node_config.get("data-dir", setup.data_dir))
+
+
+def _normalizer(content: RecordDict, kind: str) -> Normalizer:
+    arrays = from_record(content["norm"]) if "norm" in content else {}
+    return Normalizer(kind, arrays.get("mean"), arrays.get("scale"))
+
+
+def _reply(msg: Message, **records: Any) -> Message:
+    return Message(RecordDict(records), reply_to=msg)
+
+
+def make_client_app(setup: Setup) -> ClientApp:
+    """The ``ClientApp`` of a run with ``setup``."""
+    app = ClientApp()
+
+    @app.query("norm")
+    def norm(msg: Message, context: Context) -> Message:
+        limit_threads()
+        k, data_dir = _where(context, setup)
+        st = norm_stats(setup.normalize, load_client(client_file(data_dir, k)).features)
+        arrays = {"count": np.array([st.count], dtype=np.int64), "mean": st.mean, "m2": st.m2}
+        return _reply(msg, stats=to_record(arrays))
+
+    @app.query("ggeur")
+    def ggeur(msg: Message, context: Context) -> Message:
+        limit_threads()
+        k, data_dir = _where(context, setup)
+        raw = load_client(client_file(data_dir, k))
+        data = ClientData(_normalizer(msg.content, setup.normalize)(raw.features), raw.labels, raw.domains)
+        up = setup.augment.client_upload(data, setup.num_classes, setup.num_domains)
+        return _reply(msg, upload=to_record(up))
+
+    @app.query("prepare")
+    def prepare(msg: Message, context: Context) -> Message:
+        limit_threads()
+        k, data_dir = _where(context, setup)
+        raw = load_client(client_file(data_dir, k))
+        data = ClientData(_normalizer(msg.content, setup.normalize)(raw.features), raw.labels, raw.domains)
+        if setup.augment.enabled:
+            rng = np.random.default_rng(derive_seed(setup.seed, "ggeur", k))
+            data = setup.augment.client_augment(data, from_record(msg.content["reply"]), rng)
+        path = client_file(data_dir, k, prepared=True)
+        save_client(path, data)
+        _CACHE.pop(str(path), None)
+        context.state["prepared"] = ConfigRecord({"path": str(path)})
+        return _reply(msg, metrics=MetricRecord({"n_train": data.size, "n_raw": raw.size}))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        limit_threads()
+        k, data_dir = _where(context, setup)
+        prepared = context.state["prepared"]["path"] if "prepared" in context.state else None
+        data = load_client(Path(str(prepared)) if prepared else client_file(data_dir, k, prepared=True))
+        rnd = int(msg.content["config"]["server-round"])
+        opts = LocalOpts(setup.fl.local_epochs, setup.train.batch_size, setup.fl.lr, setup.fl.momentum,
+                         derive_seed(setup.seed, "local", k, rnd))  # fmt: skip
+        state = from_record(context.state["strategy"]) if "strategy" in context.state else {}
+        payload = from_record(msg.content["payload"]) if "payload" in msg.content else {}
+        model = setup.model.make(setup.dim, setup.num_classes, seed=0)
+        params, extras, new_state, metrics = setup.strategy.client_update(
+            model, from_record(msg.content["arrays"]), data.features, data.labels, state, payload, opts
+        )
+        context.state["strategy"] = to_record(new_state)
+        out: dict[str, Any] = {
+            "arrays": to_record(params),
+            "metrics": MetricRecord({"num-examples": data.size, "train_loss": metrics["loss"]}),
+        }
+        if extras:
+            out["extras"] = to_record(extras)
+        return _reply(msg, **out)
+
+    return app

@@ -1,0 +1,101 @@
+"""``mode=fl``: one federated training run on Flower, from the clients' raw sets to the run's metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import SuiteError
+from common.experiment import RunOutput
+from common.log import RunLogger
+from fedgeo.augment import Augmenter, ClientData
+from fedgeo.classifier import TrainSettings
+from fedgeo.data import EmbeddingDataset
+from fedgeo.fl.client_app import Setup, client_file, make_client_app, save_client
+from fedgeo.fl.server_app import RunSink, make_server_app
+from fedgeo.fl.settings import FLSettings
+from fedgeo.fl.simulation import run_inprocess, run_ray
+from fedgeo.fl.strategy.base import FLStrategy
+from fedgeo.models import ClassifierModel
+
+SERIES = ("acc", "acc_domain_avg", "loss", "bytes_up", "bytes_down", "wall_s")
+
+
+def summarize(sink: RunSink, domain_names: Sequence[str]) -> RunOutput:
+    """The record's metrics (``acc_best``, ``acc_final``, ...) and per-round series from ``sink``."""
+    if not sink.rounds:
+        raise SuiteError(
+            "federation: no round was evaluated (every client failed?): " + "; ".join(sink.failures[:3])
+        )
+    rounds = sink.rounds
+    last = rounds[-1]
+    keys = list(SERIES) + [f"acc_{d}" for d in domain_names if f"acc_{d}" in last]
+    series = {k: [r[k] for r in rounds] for k in keys}
+    series["round"] = [r["round"] for r in rounds]
+    metrics = {
+        "acc_final": last["acc"],
+        "acc_best": max(r["acc"] for r in rounds),
+        "acc_domain_avg_final": last["acc_domain_avg"],
+        "acc_domain_avg_best": max(r["acc_domain_avg"] for r in rounds),
+        "loss_final": last["loss"],
+        "rounds": float(last["round"]),
+        "bytes_up_total": float(sum(series["bytes_up"])),
+        "bytes_down_total": float(sum(series["bytes_down"])),
+        "train_wall_s": float(sum(series["wall_s"])),
+        "round_wall_s_mean": float(np.mean(series["wall_s"])),
+        "client_failures": float(len(sink.failures)),
+        **{f"acc_{d}_final": last[f"acc_{d}"] for d in domain_names if f"acc_{d}" in last},
+        **sink.exchange,
+    }
+    return RunOutput(metrics, series, {k: "round" for k in series})
+
+
+def run_federated(
+    raw: Sequence[ClientData],
+    test: EmbeddingDataset,
+    normalize: str,
+    augment: Augmenter,
+    model: ClassifierModel,
+    strategy: FLStrategy,
+    train: TrainSettings,
+    fl: FLSettings,
+    seed: int,
+    logger: RunLogger,
+    work_dir: Path,
+) -> RunOutput:
+    """Write every client's raw set to ``work_dir``, run the Flower apps on ``fl.backend``, summarise."""
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower's per-round INFO lines; ours are per round
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for k, c in enumerate(raw):
+        save_client(client_file(work_dir, k), c)
+    setup = Setup(strategy, model, augment, train, fl, normalize, test.num_classes, test.num_domains,
+                  test.dim, seed, str(work_dir))  # fmt: skip
+    sink = RunSink(
+        on_round=lambda rnd, ev: logger.log(
+            {k: ev[k] for k in ("acc", "acc_domain_avg", "loss")}, rnd, "round"
+        )
+    )
+    done = threading.Event()
+    server = make_server_app(
+        setup, ClientData(test.features, test.labels, test.domains), test.domain_names, sink, done
+    )
+    client = make_client_app(setup)
+    t0 = time.perf_counter()
+    if fl.backend == "ray":
+        run_ray(server, client, len(raw), fl.num_cpus, fl.timeout_s * (fl.rounds + 2), done)
+    else:
+        run_inprocess(server, client, len(raw))
+    for f in sink.failures:
+        logger.event("client_failure", detail=f)
+    out = summarize(sink, test.domain_names)
+    out.metrics |= {"fl_wall_s": time.perf_counter() - t0, "num_clients": float(len(raw)),
+                    "multi_domain": float(bool(getattr(augment, "multi_domain", False)))}  # fmt: skip
+    logger.event(
+        "fl", strategy=strategy.name, augment=augment.label, backend=fl.backend, failures=len(sink.failures)
+    )
+    return out

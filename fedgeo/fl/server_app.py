@@ -1,0 +1,189 @@
+"""The federation's ``ServerApp`` (Flower Message API) and the Flower strategy that carries ours.
+
+``make_server_app`` runs, in order: the normaliser round (``query.norm``), the GGEUR round
+(``query.ggeur``, only with ``augment=ggeur``), the preparation round (``query.prepare``: normaliser and
+global shapes down, clients build their sets once), then ``fl.rounds`` training rounds through
+``Strategy.start`` of a Flower strategy (``FedAvg``, or ``FedAdam``/``FedYogi`` for those) whose training
+aggregation is our strategy's pure ``aggregate``. After every round the global model is scored on the
+test set (``evaluate_fn``); the round's bytes (up and down) and wall time are recorded in ``RunSink``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import strategy as flwr_strategy
+
+from common.errors import SuiteError
+from common.log import get_logger
+from fedgeo.augment import ClientData
+from fedgeo.federation import TestSet, evaluate
+from fedgeo.fl.client_app import Setup
+from fedgeo.fl.records import from_record, record_bytes, to_record
+from fedgeo.fl.strategy.base import ClientResult
+from fedgeo.fl.training import Arrays, set_params
+from fedgeo.normalize import Normalizer, NormStats, fit_from_stats, merge_norm_stats
+
+log = get_logger("fedgeo.fl")
+
+
+@dataclass
+class RunSink:
+    """What the server app reports back to the runner (it runs in the runner's process)."""
+
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    exchange: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    final_params: Arrays | None = None
+    on_round: Any = None  # callable(round, metrics) for live logging
+
+
+def _content_bytes(content: RecordDict) -> int:
+    return sum(record_bytes(r) for r in content.values() if isinstance(r, ArrayRecord))
+
+
+def exchange(grid: Grid, kind: str, contents: RecordDict, timeout: float, sink: RunSink) -> list[Message]:
+    """Send ``query.<kind>`` with ``contents`` to every node; the valid replies (failures reported)."""
+    nodes = list(grid.get_node_ids())
+    msgs = [Message(contents, dst_node_id=n, message_type=f"query.{kind}") for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    good = [r for r in replies if not r.has_error()]
+    for r in replies:
+        if r.has_error():
+            sink.failures.append(f"{kind}: node {r.metadata.src_node_id}: {r.error.reason}")
+    sink.exchange[f"bytes_down_{kind}"] = float(_content_bytes(contents) * len(nodes))
+    sink.exchange[f"bytes_up_{kind}"] = float(sum(_content_bytes(r.content) for r in good))
+    if not good:
+        raise SuiteError(
+            f"federation: no client answered the {kind} round within {timeout:g} s ({sink.failures[-1:]})"
+        )
+    return good
+
+
+def _suite_strategy(base: type, spec, sink: RunSink, num_clients: int, kwargs: dict[str, Any]):
+    """A Flower strategy class derived from ``base`` whose training aggregation is ``spec``'s."""
+
+    class SuiteStrategy(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__(**kwargs)
+            self.server_state: Arrays | None = None
+            self.global_arrays: Arrays | None = None
+            self.round_bytes = [0.0, 0.0]
+
+        def configure_train(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]:
+            self.global_arrays = from_record(arrays)
+            if self.server_state is None:
+                self.server_state = spec.init_server_state(self.global_arrays)
+            msgs = list(super().configure_train(server_round, arrays, config, grid))
+            payload = spec.payload(self.server_state)
+            for m in msgs:
+                if payload:
+                    m.content["payload"] = to_record(payload)
+            self.round_bytes = [float(sum(_content_bytes(m.content) for m in msgs)), 0.0]
+            return msgs
+
+        def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+            replies = list(replies)
+            for r in replies:
+                if r.has_error():
+                    sink.failures.append(
+                        f"round {server_round}: node {r.metadata.src_node_id}: {r.error.reason}"
+                    )
+            good = [r for r in replies if not r.has_error()]
+            self.round_bytes[1] = float(sum(_content_bytes(r.content) for r in good))
+            if spec.flower_class:
+                return super().aggregate_train(server_round, good)
+            if not good:
+                return None, None
+            results = [
+                ClientResult(
+                    from_record(r.content["arrays"]),
+                    int(r.content["metrics"]["num-examples"]),
+                    from_record(r.content["extras"]) if "extras" in r.content else {},
+                )
+                for r in good
+            ]
+            new, self.server_state = spec.aggregate(
+                self.global_arrays, results, self.server_state, num_clients
+            )
+            loss = float(np.average([r.content["metrics"]["train_loss"] for r in good],
+                                    weights=[x.num_examples for x in results]))  # fmt: skip
+            return to_record(new), MetricRecord({"train_loss": loss})
+
+    return SuiteStrategy()
+
+
+def make_server_app(
+    setup: Setup,
+    test_raw: ClientData,
+    domain_names: tuple[str, ...],
+    sink: RunSink,
+    done: threading.Event | None = None,
+) -> ServerApp:
+    """The ``ServerApp`` of a run; ``test_raw`` is the global test set before normalisation."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        fl, timeout = setup.fl, setup.fl.timeout_s
+        nodes = list(grid.get_node_ids())
+        t0 = time.perf_counter()
+        norm = Normalizer(setup.normalize)
+        if setup.normalize not in ("none", "l2"):  # row-wise kinds need no statistics
+            got = exchange(grid, "norm", RecordDict({"config": ConfigRecord({})}), timeout, sink)
+            stats = [from_record(r.content["stats"]) for r in got]
+            merged = merge_norm_stats([NormStats(int(s["count"][0]), s["mean"], s["m2"]) for s in stats])
+            norm = fit_from_stats(setup.normalize, merged)
+        norm_rec = to_record({} if norm.mean is None else {"mean": norm.mean, "scale": norm.scale})
+        reply: Arrays = {}
+        if setup.augment.enabled:
+            got = exchange(grid, "ggeur", RecordDict({"norm": norm_rec}), timeout, sink)
+            reply, info = setup.augment.server_reply([from_record(r.content["upload"]) for r in got])
+            sink.exchange["ggeur_clipped"] = float(info.get("clipped", 0))
+        got = exchange(
+            grid, "prepare", RecordDict({"norm": norm_rec, "reply": to_record(reply)}), timeout, sink
+        )
+        sink.exchange["n_train_mean"] = float(np.mean([r.content["metrics"]["n_train"] for r in got]))
+        sink.exchange["prepare_s"] = time.perf_counter() - t0
+        test = TestSet(norm(test_raw.features), test_raw.labels, test_raw.domains, domain_names)
+        model = setup.model.make(setup.dim, setup.num_classes, seed=setup.seed)
+        base = getattr(flwr_strategy, setup.strategy.flower_class or "FedAvg")
+        kwargs: dict[str, Any] = {"fraction_train": fl.fraction, "fraction_evaluate": 0.0,
+                                  "min_train_nodes": fl.min_clients, "min_available_nodes": len(nodes)}  # fmt: skip
+        if setup.strategy.flower_class:
+            kwargs |= setup.strategy.flower_kwargs()
+        strat = _suite_strategy(base, setup.strategy, sink, len(nodes), kwargs)
+        clock = [time.perf_counter()]
+
+        def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if rnd == 0:
+                clock[0] = time.perf_counter()
+                return None
+            if rnd % fl.eval_every and rnd != fl.rounds:
+                return None
+            params = from_record(arrays)
+            ev = evaluate(set_params(model, params), test)
+            ev |= {"bytes_down": strat.round_bytes[0], "bytes_up": strat.round_bytes[1],
+                   "wall_s": time.perf_counter() - clock[0]}  # fmt: skip
+            clock[0] = time.perf_counter()
+            sink.rounds.append({"round": float(rnd), **ev})
+            sink.final_params = params
+            if sink.on_round:
+                sink.on_round(rnd, ev)
+            return MetricRecord({k: float(v) for k, v in ev.items()})
+
+        initial = to_record({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+        strat.start(grid, initial, num_rounds=fl.rounds, timeout=timeout, evaluate_fn=evaluate_fn)
+        if done is not None:
+            done.set()
+
+    return app
