@@ -36,7 +36,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> np.random.Generato
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-        if deterministic:  # CPU kernels are deterministic already; the switch loads torch's compiler (seconds)
+        # CPU kernels are deterministic already; the switch loads torch's compiler (seconds)
+        if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.deterministic = True
