@@ -6,6 +6,12 @@ Two settings, each on synthetic anisotropic embeddings split over 10 clients by 
 - ``c100``: 100 classes x 512 dims, 500 training samples per class (CIFAR-100's size), target 500 per class.
 - ``c10``: 10 classes x 512 dims, 5000 training samples per class (CIFAR-10's size), target 5000 per class
   (the official code's CIFAR-10 target).
+- ``c65`` (server step only): 65 classes x 512 dims, 240 samples per class (Office-Home's size, so every
+  pooled covariance is rank-deficient and takes the jittered Cholesky path).
+
+The server step (``server_step_s``) is what the server runs on the clients' packed uploads
+(``aggregate_packed`` then ``noise_factors(.., "sqrt")``); ``eig_s`` (one batched ``eigh``) and
+``eig_loop_s`` (one ``eigh`` per class) are timed for comparison (``noise_scale=lambda`` needs them).
 
 Timed steps: client statistics (all clients), server aggregation (streaming pooled covariance), class shapes
 (eigendecomposition), and generation for all clients. Baselines measured in the same run: the covariance of
@@ -21,10 +27,19 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from benchmarks.timing import timed
 from common.experiment import RunContext, RunOutput, run_experiment
-from fedgeo.ggeur import aggregate_stats, augment_client, class_shapes, client_stats, noise_factors
+from fedgeo.ggeur import (
+    aggregate_packed,
+    aggregate_stats,
+    augment_client,
+    class_shapes,
+    client_stats,
+    noise_factors,
+    pack_sym,
+)
 from fedgeo.partitions import dirichlet_label_skew
 from fedgeo.synthetic import make_synthetic
 
@@ -45,18 +60,41 @@ def baseline_generation(X: np.ndarray, y: np.ndarray, covs: np.ndarray, target: 
     return total
 
 
-def bench_setting(name: str, C: int, d: int, per_class: int, target: int, K: int, repeats: int, seed: int):
+def bench_server(pooled, stats, repeats: int) -> dict[str, float]:
+    """The server step on packed uploads, and the eigendecompositions it avoids (batched and per class)."""
+    packed = [(st.counts, st.means, pack_sym(st.covs)) for st in stats]
+    t_server, _ = timed(lambda: noise_factors(aggregate_packed(packed), "sqrt"), repeats)
+    t_eig, _ = timed(lambda: class_shapes(pooled), repeats)
+    live = pooled.covs[pooled.counts >= 2]
+    t_loop, _ = timed(lambda: [np.linalg.eigh(S) for S in live], repeats)
+    t_chol, nf = timed(lambda: noise_factors(pooled, "sqrt"), repeats)
+    return {"server_step_s": t_server, "eig_s": t_eig, "eig_loop_s": t_loop, "cholesky_s": t_chol,
+            "cholesky_jittered": float(nf.clipped), "cholesky_speedup_vs_eig": t_eig / t_chol}  # fmt: skip
+
+
+def bench_setting(
+    name: str, C: int, d: int, per_class: int, target: int, K: int, server_only: bool = False, *,
+    repeats: int, seed: int,
+) -> dict[str, float]:  # fmt: skip
     syn = make_synthetic(num_classes=C, dim=d, train_per_class=per_class, test_per_class=1, seed=seed)
     X, y = syn.train.features, syn.train.labels
     part = dirichlet_label_skew(y, K, 0.5, seed=seed, num_classes=C)
     clients = [(X[i], y[i]) for i in part.client_indices]
     t_stats, stats = timed(lambda: [client_stats(a, b, C) for a, b in clients], repeats)
     t_agg, pooled = timed(lambda: aggregate_stats(stats), repeats)
+    out = {"stats_s": t_stats, "aggregate_s": t_agg, **bench_server(pooled, stats, repeats)}
+    if not server_only:
+        out |= bench_generation(X, y, C, clients, pooled, target, repeats)
+    return {f"{name}_{k}": v for k, v in out.items()}
+
+
+def bench_generation(X, y, C: int, clients, pooled, target: int, repeats: int) -> dict[str, float]:
+    """Generation for every client, and against ``multivariate_normal`` (as the official code) on client 0."""
     t_central, _ = timed(
         lambda: [np.cov(X[y == c].T.astype(np.float64), bias=True) for c in range(C)], repeats
     )
-    t_eig, _ = timed(lambda: class_shapes(pooled), repeats)
-    t_chol, shapes = timed(lambda: noise_factors(pooled, "sqrt"), repeats)
+    shapes = noise_factors(pooled, "sqrt")
+    K = len(clients)
 
     def gen_all() -> int:
         rngs = [np.random.default_rng(k) for k in range(K)]
@@ -66,7 +104,6 @@ def bench_setting(name: str, C: int, d: int, per_class: int, target: int, K: int
         )
 
     t_gen, n_gen = timed(gen_all, repeats)
-    # Same-run baseline on client 0 only (an SVD per class makes it slow), against ours on client 0.
     a0, b0 = clients[0]
     t_gen0, out0 = timed(
         lambda: augment_client(a0, b0, shapes, np.random.default_rng(0), target_per_class=target), 1
@@ -76,20 +113,13 @@ def bench_setting(name: str, C: int, d: int, per_class: int, target: int, K: int
     )
     assert out0[1].size - b0.size == n_base, (out0[1].size, n_base)
     return {
-        f"{name}_stats_s": t_stats,
-        f"{name}_aggregate_s": t_agg,
-        f"{name}_central_cov_s": t_central,
-        f"{name}_aggregate_vs_central": t_agg / t_central,
-        f"{name}_eig_s": t_eig,
-        f"{name}_cholesky_s": t_chol,
-        f"{name}_server_step_s": t_agg + t_chol,
-        f"{name}_cholesky_speedup_vs_eig": t_eig / t_chol,
-        f"{name}_generate_s": t_gen,
-        f"{name}_generated": float(n_gen),
-        f"{name}_generated_per_s": n_gen / t_gen,
-        f"{name}_client0_generate_s": t_gen0,
-        f"{name}_client0_baseline_mvn_s": t_base,
-        f"{name}_generate_speedup_vs_mvn": t_base / t_gen0,
+        "central_cov_s": t_central,
+        "generate_s": t_gen,
+        "generated": float(n_gen),
+        "generated_per_s": n_gen / t_gen,
+        "client0_generate_s": t_gen0,
+        "client0_baseline_mvn_s": t_base,
+        "generate_speedup_vs_mvn": t_base / t_gen0,
     }
 
 
@@ -98,18 +128,12 @@ def body(ctx: RunContext, settings: list[tuple], repeats: int) -> RunOutput:
     for s in settings:
         ctx.log.info(f"setting {s[0]}: C={s[1]} d={s[2]} per_class={s[3]} target={s[4]} clients={s[5]}")
         metrics |= bench_setting(*s, repeats=repeats, seed=ctx.seed)
-    print(
-        f"{'setting':8s} {'stats s':>8s} {'aggr s':>8s} {'central s':>9s} {'eig s':>7s} {'gen s':>8s} "
-        f"{'generated':>10s} {'mvn s c0':>8s} {'speedup':>8s}"
+    cols = ("stats_s", "aggregate_s", "server_step_s", "cholesky_s", "eig_s", "eig_loop_s", "generate_s",
+            "generated", "client0_baseline_mvn_s", "generate_speedup_vs_mvn")  # fmt: skip
+    table = pd.DataFrame(
+        [{"setting": s[0], **{c: metrics.get(f"{s[0]}_{c}", float("nan")) for c in cols}} for s in settings]
     )
-    for s in settings:
-        n = s[0]
-        print(
-            f"{n:8s} {metrics[f'{n}_stats_s']:8.2f} {metrics[f'{n}_aggregate_s']:8.2f} "
-            f"{metrics[f'{n}_central_cov_s']:9.2f} {metrics[f'{n}_eig_s']:7.2f} {metrics[f'{n}_generate_s']:8.2f} "
-            f"{int(metrics[f'{n}_generated']):10d} {metrics[f'{n}_client0_baseline_mvn_s']:8.2f} "
-            f"{metrics[f'{n}_generate_speedup_vs_mvn']:7.1f}x"
-        )
+    print(table.to_markdown(index=False, floatfmt=".3g"))
     return RunOutput(metrics=metrics)
 
 
@@ -125,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = [
         ("c100", 100, d, 500 // scale, 500 // scale, args.clients),
         ("c10", 10, d, 5000 // scale, 5000 // scale, args.clients),
+        ("c65", 65, 512, 240, 0, args.clients, True),  # the server step at Office-Home's size, both modes
     ]
     config = {
         "benchmark": "ggeur",

@@ -27,16 +27,16 @@ from common.seeding import derive_seed
 from fedgeo.ggeur import (
     COV_CLIENTS,
     NOISE_SCALES,
-    ClassStats,
     NoiseFactors,
     Prototypes,
+    aggregate_packed,
     aggregate_prototypes,
-    aggregate_stats,
     augment_client,
     augment_from_prototypes,
     client_prototypes,
     client_stats,
     noise_factors,
+    pack_sym,
 )
 
 Arrays = dict[str, np.ndarray]
@@ -54,21 +54,6 @@ class ClientData:
     @property
     def size(self) -> int:
         return int(self.labels.size)
-
-
-def pack_sym(covs: np.ndarray) -> np.ndarray:
-    """``[C, d, d]`` symmetric matrices as their upper triangles ``[C, d (d + 1) / 2]``."""
-    iu = np.triu_indices(covs.shape[-1])
-    return covs[:, iu[0], iu[1]]
-
-
-def unpack_sym(packed: np.ndarray, d: int) -> np.ndarray:
-    """Inverse of ``pack_sym``: ``[C, d (d + 1) / 2]`` to ``[C, d, d]``."""
-    out = np.zeros((packed.shape[0], d, d), dtype=packed.dtype)
-    iu = np.triu_indices(d)
-    out[:, iu[0], iu[1]] = packed
-    out[:, iu[1], iu[0]] = packed
-    return out
 
 
 def nbytes(arrays: Arrays) -> int:
@@ -202,9 +187,8 @@ class GGEUR(Augmenter):
         """Step 2 (server): ``factors float32 [C, d, d]``, ``counts [C]`` (and the pooled prototypes)."""
         if not uploads:
             raise InputError("GGEUR needs the statistics of at least one client")
-        d = uploads[0]["means"].shape[1]
-        stats = [ClassStats(u["counts"], u["means"], unpack_sym(u["covs"], d)) for u in uploads]
-        pooled = aggregate_stats(stats, self.cov_clients, self.guide_fraction)
+        packed = [(u["counts"], u["means"], u["covs"]) for u in uploads]
+        pooled = aggregate_packed(packed, self.cov_clients, self.guide_fraction)
         nf = noise_factors(pooled, self.noise_scale)
         reply = {"factors": nf.factors, "counts": nf.counts}
         if self.multi_domain:

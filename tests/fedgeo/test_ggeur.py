@@ -9,6 +9,7 @@ from common.errors import ConfigError
 from fedgeo.augment import GGEUR, ClientData
 from fedgeo.ggeur import (
     ClassStats,
+    aggregate_packed,
     aggregate_prototypes,
     aggregate_stats,
     augment_client,
@@ -18,7 +19,10 @@ from fedgeo.ggeur import (
     client_stats,
     guide_mask,
     noise_factors,
+    pack_sym,
+    packed_outer,
     sample_around,
+    unpack_sym,
 )
 from fedgeo.synthetic import make_synthetic
 
@@ -216,3 +220,50 @@ def test_multi_domain_default_comes_from_the_partition() -> None:
         GGEUR().resolve("dirichlet").multi_domain is False and GGEUR().resolve("dirichlet").label == "ggeur"
     )
     assert GGEUR(multi_domain=True).resolve("dirichlet").multi_domain is True
+
+
+def _reference_pool(stats: list) -> tuple[np.ndarray, np.ndarray]:
+    """The per-class merge loop the packed accumulator replaced (means, symmetrised covariances)."""
+    C, d = stats[0].means.shape
+    counts, means, m2 = np.zeros(C, np.int64), np.zeros((C, d)), np.zeros((C, d, d))
+    for s in stats:
+        for c in np.flatnonzero(s.counts):
+            na, nb = int(counts[c]), int(s.counts[c])
+            n = na + nb
+            delta = s.means[c] - means[c]
+            means[c] += delta * (nb / n)
+            m2[c] += nb * s.covs[c] + np.outer(delta, delta) * (na * nb / n)
+            counts[c] = n
+    covs = np.zeros_like(m2)
+    for c in np.flatnonzero(counts):
+        S = m2[c] / counts[c]
+        covs[c] = (S + S.T) / 2
+    return means, covs
+
+
+def test_packed_aggregation_is_bit_identical_to_the_per_class_merge() -> None:
+    rng = np.random.default_rng(3)
+    C, d = 5, 7
+    stats = []
+    for k in range(4):
+        y = rng.integers(0, C - (k % 2), 40)  # odd clients lack the last class: the subset path
+        stats.append(client_stats(rng.standard_normal((40, d)) + 100.0 + y[:, None], y, C))
+    packed = [(s.counts, s.means, pack_sym(s.covs)) for s in stats]
+    np.testing.assert_array_equal(unpack_sym(packed[0][2], d), stats[0].covs)
+    pooled = aggregate_packed(packed)
+    means, covs = _reference_pool(stats)
+    np.testing.assert_array_equal(pooled.means, means)
+    np.testing.assert_array_equal(pooled.covs, covs)
+    np.testing.assert_array_equal(aggregate_stats(stats).covs, covs)
+    np.testing.assert_array_equal(packed_outer(means), pack_sym(means[:, :, None] * means[:, None, :]))
+
+
+def test_rank_deficient_covariances_get_jitter_and_still_reproduce_the_shape() -> None:
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((6, 10))  # 6 samples in 10 dims: rank 5
+    stats = client_stats(X, np.zeros(6, np.int64), 1)
+    nf = noise_factors(stats, "sqrt")
+    assert nf.clipped == 1
+    F = nf.factors[0].astype(np.float64)
+    np.testing.assert_allclose(F @ F.T, stats.covs[0], atol=1e-5)
+    np.testing.assert_array_equal(np.triu(F, 1), 0)
