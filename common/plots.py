@@ -50,11 +50,13 @@ def line_plot(
     xlabel: str = "step",
     ylabel: str = "value",
     title: str | None = None,
+    first_step: int = 0,
 ) -> Path:
-    """One line per label (mean, shaded ± std) over steps 0..n-1; written atomically as PNG."""
+    """One line per label (mean, shaded ± std) over steps ``first_step..first_step+n-1`` (e.g. 1 for
+    federated rounds); written atomically as PNG."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for label, (mean, std) in curves.items():
-        x = list(range(len(mean)))
+        x = list(range(first_step, first_step + len(mean)))
         ax.plot(x, mean, label=label, linewidth=1.4)
         lo = [m - s for m, s in zip(mean, std, strict=True)]
         hi = [m + s for m, s in zip(mean, std, strict=True)]

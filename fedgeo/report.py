@@ -1,122 +1,282 @@
-"""The GGEUR comparison table: accuracy without and with GGEUR, per setting, from run-record dicts.
+"""GGEUR tables from ``runners.fed`` run-record dicts (pandas): GGEUR vs none, and the paper-style FL table.
 
-One row per (dataset, partition setting): mean ± std over seeds of ``acc_local_mean`` (the mean accuracy of
-the per-client classifiers on the global test set) for ``augment=none`` and ``augment=ggeur``, the gain in
-points, and how many seeds gave a gain. The paper's numbers are federated (FedAvg after GGEUR, CLIP
-features, CIFAR-100 and Digits); they are shown for scale only, next to the setting that resembles them.
+``comparison_rows``: one row per (mode, dataset, partition setting, strategy, method), ``method`` being
+``ggeur`` or ``ggeur+md`` (GGEUR with the multi-domain prototype step): mean ± std over seeds
+(``common.aggregate.mean_std``) of the accuracy without GGEUR (``augment=none`` of the same setting and
+strategy) and with it, the gain in points, how many seeds won and lost, and, for ``mode=local`` (whose
+records hold every client's accuracy as the series ``acc_local``), how many (client, seed) pairs won and
+lost. Accuracy is ``acc_local_mean`` for ``mode=local`` and ``acc_final`` for ``mode=fl``.
+
+``fl_paper_rows``: ``mode=fl`` only, laid out as the paper's tables: per (dataset, setting, strategy,
+arm), the final accuracy per test domain and their unweighted average, next to the paper's numbers where
+the paper has a comparable one (Office-Home-LDS averages per strategy next to ``partition=domain_dirichlet``,
+Digits FedAvg+GGEUR 82.36 next to Digits under ``partition=domain``, CIFAR-100 FedAvg next to
+``partition=dirichlet`` at the same beta). The paper used CLIP features of other datasets: its numbers are
+for scale, not a target. ``fl_round_plot`` draws the global test accuracy per round (mean ± std over seeds).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from common.aggregate import mean_std
 from common.atomic import atomic_write_text
+from common.plots import line_plot
 
-# The paper's federated FedAvg accuracies (%) without / with GGEUR (papers.md section 3, unverified there).
-PAPER_LABEL_SKEW = {0.5: (81.41, 83.31), 0.1: (68.22, 77.70), 0.01: (58.71, 75.72)}  # CIFAR-100, 10 clients
-PAPER_DIGITS_GGEUR = 82.36  # FedAvg + GGEUR, Digits, average over domains
+# The paper's accuracies (%), base -> +GGEUR (papers.md section 3, unverified there).
+PAPER_LABEL_SKEW = {0.5: (81.41, 83.31), 0.1: (68.22, 77.70), 0.01: (58.71, 75.72)}  # CIFAR-100, FedAvg
+PAPER_DIGITS_GGEUR = 82.36  # FedAvg + GGEUR, Digits, unweighted average over the four domains
+PAPER_OFFICE_HOME_LDS = {  # beta 0.1, unweighted average over the four domains; FedOpt for fedadam/fedyogi
+    "fedavg": (70.14, 83.99), "scaffold": (74.82, 83.96), "moon": (76.83, 78.08), "feddyn": (65.99, 84.09),
+    "fedadam": (65.59, 84.20), "fedyogi": (65.59, 84.20), "fedntd": (75.46, 82.46), "fedproto": (69.40, 83.35),
+}  # fmt: skip
 
-CSV_NAME = "ggeur_comparison.csv"
-MD_NAME = "ggeur_comparison.md"
-
-
-def _setting(cfg: Mapping[str, Any]) -> tuple[str, str]:
-    part = cfg.get("partition", {})
-    method = str(part.get("method", "?"))
-    if method in ("dirichlet", "domain_dirichlet"):
-        return method, f"beta={part.get('beta')}"
-    return method, f"fraction={part.get('fraction')}"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    m = math.fsum(values) / len(values)
-    s = math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return m, s
+CSV_NAME, MD_NAME = "ggeur_comparison.csv", "ggeur_comparison.md"
+FL_CSV_NAME, FL_MD_NAME, FL_PLOT_NAME = "ggeur_fl_vs_paper.csv", "ggeur_fl_vs_paper.md", "ggeur_fl_rounds.png"
+KEYS = ["mode", "dataset", "partition", "setting", "strategy"]
+METRIC = {"local": "acc_local_mean", "fl": "acc_final"}
+DOMAIN_AVG = {"local": "acc_local_domain_avg", "fl": "acc_domain_avg_final"}
 
 
-def comparison_rows(
-    records: Iterable[Mapping[str, Any]], metric: str = "acc_local_mean"
-) -> list[dict[str, Any]]:
-    """Rows (dicts) pairing ``augment=none`` and ``augment=ggeur`` runs of the same setting and seed."""
-    cells: dict[tuple[str, str, str], dict[str, dict[int, float]]] = {}
-    for rec in records:
-        cfg = rec.get("config") or {}
-        value = (rec.get("metrics") or {}).get(metric)
-        if rec.get("suite") != "fed" or value is None:
-            continue
-        kind = str((cfg.get("augment") or {}).get("kind", "none"))
-        key = (str((cfg.get("dataset") or {}).get("name", "?")), *_setting(cfg))
-        cells.setdefault(key, {}).setdefault(kind, {})[int(rec.get("seed", 0))] = float(value)
+def _setting(part: Mapping[str, Any]) -> str:
+    if part.get("method") in ("dirichlet", "domain_dirichlet"):
+        return f"beta={part.get('beta')}"
+    return f"fraction={part.get('fraction')}"
+
+
+def arm_label(cfg: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """``none``, ``ggeur`` or ``ggeur+md``: the run's multi-domain flag (``metrics.multi_domain``, what ran)
+    before the config's (which may be ``null``, resolved from the partition)."""
+    kind = str((cfg.get("augment") or {}).get("kind", "none"))
+    if kind != "ggeur":
+        return kind
+    md = metrics.get("multi_domain", (cfg.get("augment") or {}).get("multi_domain"))
+    return "ggeur+md" if md else "ggeur"
+
+
+def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per ``runners.fed`` record: the keys, ``arm``, ``seed``, ``acc``, ``acc_domain_avg``, every
+    ``acc_<domain>_final``, the per-client accuracies ``clients`` (``mode=local``) and the per-round ``curve``."""
     rows = []
-    for (dataset, method, setting), by_kind in sorted(cells.items()):
-        none, ggeur = by_kind.get("none", {}), by_kind.get("ggeur", {})
-        row: dict[str, Any] = {"dataset": dataset, "partition": method, "setting": setting}
-        for name, vals in (("none", none), ("ggeur", ggeur)):
-            if vals:
-                row[f"acc_{name}_mean"], row[f"acc_{name}_std"] = _mean_std([100 * v for v in vals.values()])
-            row[f"seeds_{name}"] = len(vals)
-        paired = sorted(set(none) & set(ggeur))
-        if paired:
-            gains = [100 * (ggeur[s] - none[s]) for s in paired]
-            row["gain_pts_mean"], row["gain_pts_std"] = _mean_std(gains)
-            row["seeds_with_gain"] = f"{sum(g > 0 for g in gains)}/{len(gains)}"
-        row["paper_reference"] = _paper_reference(dataset, method, setting)
-        rows.append(row)
-    return rows
+    for rec in records:
+        cfg, metrics = rec.get("config") or {}, rec.get("metrics") or {}
+        mode = str(cfg.get("mode", "local"))
+        if rec.get("suite") != "fed" or mode not in METRIC or metrics.get(METRIC[mode]) is None:
+            continue
+        part = cfg.get("partition") or {}
+        series = rec.get("series") or {}
+        rows.append({
+            "mode": mode, "dataset": str((cfg.get("dataset") or {}).get("name", "?")),
+            "partition": str(part.get("method", "?")), "setting": _setting(part),
+            "strategy": str((cfg.get("strategy") or {}).get("name", "-")) if mode == "fl" else "-",
+            "arm": arm_label(cfg, metrics), "seed": int(rec.get("seed", 0)),
+            "acc": float(metrics[METRIC[mode]]), "acc_domain_avg": metrics.get(DOMAIN_AVG[mode]),
+            "clients": list(series.get("acc_local") or []), "curve": list(series.get("acc") or []),
+            **{k: v for k, v in metrics.items() if k.startswith("acc_") and k.endswith("_final")},
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
-def _paper_reference(dataset: str, method: str, setting: str) -> str:
-    if method == "dirichlet" and setting.startswith("beta="):
-        try:
-            beta = float(setting.split("=", 1)[1])
-        except ValueError:
-            return ""
-        if beta in PAPER_LABEL_SKEW:
-            a, b = PAPER_LABEL_SKEW[beta]
-            return f"CIFAR-100 FedAvg {a:.2f} -> {b:.2f} (+{b - a:.2f})"
-    if dataset == "digits" and method == "domain":
+def _pairs(none: pd.DataFrame, arm: pd.DataFrame) -> dict[str, Any]:
+    """Gains of ``arm`` over ``none`` on the seeds both have, and per-client wins/losses (same client)."""
+    a, b = none.set_index("seed"), arm.set_index("seed")
+    seeds = sorted(set(a.index) & set(b.index))
+    gains = [100 * (b.at[s, "acc"] - a.at[s, "acc"]) for s in seeds]
+    diffs = [y - x for s in seeds for x, y in zip(a.at[s, "clients"], b.at[s, "clients"], strict=False)]
+    g_mean, g_std = mean_std(gains)
+    out = {"gain_pts_mean": g_mean, "gain_pts_std": g_std, "seeds_paired": len(seeds),
+           "seeds_won": sum(g > 0 for g in gains), "seeds_lost": sum(g < 0 for g in gains)}  # fmt: skip
+    if diffs:
+        out |= {"client_pairs": len(diffs), "clients_won": sum(d > 0 for d in diffs),
+                "clients_lost": sum(d < 0 for d in diffs)}  # fmt: skip
+    return out
+
+
+def comparison_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The GGEUR-vs-none table (see the module docstring); empty when no ``runners.fed`` record."""
+    frame = records_frame(records)
+    if frame.empty:
+        return frame
+    rows = []
+    for key, cell in frame.groupby(KEYS, sort=True):
+        none = cell[cell["arm"] == "none"]
+        for arm, sub in cell[cell["arm"] != "none"].groupby("arm", sort=True):
+            row = dict(zip(KEYS, key, strict=True)) | {"method": arm}
+            for name, part in (("none", none), ("ggeur", sub)):
+                row[f"acc_{name}_mean"], row[f"acc_{name}_std"] = mean_std(100 * part["acc"])
+                row[f"seeds_{name}"] = int(part["seed"].nunique())
+            row |= _pairs(none, sub) if not none.empty else {}
+            row["paper_reference"] = paper_reference(row["dataset"], row["partition"], row["setting"],
+                                                     row["strategy"])  # fmt: skip
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paper_reference(dataset: str, partition: str, setting: str, strategy: str) -> str:
+    """The paper's comparable number as text ("" where it has none)."""
+    beta = _beta(setting)
+    if partition == "dirichlet" and beta in PAPER_LABEL_SKEW and strategy in ("fedavg", "-"):
+        a, b = PAPER_LABEL_SKEW[beta]
+        return f"CIFAR-100 FedAvg {a:.2f} -> {b:.2f} (+{b - a:.2f})"
+    if dataset == "digits" and partition == "domain" and strategy in ("fedavg", "-"):
         return f"Digits FedAvg+GGEUR {PAPER_DIGITS_GGEUR:.2f}"
+    if partition == "domain_dirichlet" and strategy in PAPER_OFFICE_HOME_LDS:
+        a, b = PAPER_OFFICE_HOME_LDS[strategy]
+        return f"Office-Home-LDS {strategy} {a:.2f} -> {b:.2f}"
     return ""
 
 
-COLUMNS = (
-    "dataset", "partition", "setting", "acc_none_mean", "acc_none_std", "acc_ggeur_mean", "acc_ggeur_std",
-    "gain_pts_mean", "gain_pts_std", "seeds_with_gain", "paper_reference",
-)  # fmt: skip
+def _beta(setting: str) -> float | None:
+    try:
+        return float(setting.split("=", 1)[1]) if setting.startswith("beta=") else None
+    except ValueError:
+        return None
+
+
+def _ms(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return ""
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def comparison_markdown(table: pd.DataFrame) -> str:
+    shown = table[[*KEYS, "method"]].copy()
+    shown["acc none (%)"] = [
+        _ms(m, s) for m, s in zip(table["acc_none_mean"], table["acc_none_std"], strict=True)
+    ]
+    shown["acc method (%)"] = [
+        _ms(m, s) for m, s in zip(table["acc_ggeur_mean"], table["acc_ggeur_std"], strict=True)
+    ]
+    if "gain_pts_mean" in table:
+        shown["gain (pts)"] = [
+            _ms(m, s) for m, s in zip(table["gain_pts_mean"], table["gain_pts_std"], strict=True)
+        ]
+        shown["seeds won/lost"] = [
+            _won_lost(r, "seeds_won", "seeds_lost", "seeds_paired") for _, r in table.iterrows()
+        ]
+    if "client_pairs" in table:
+        shown["clients won/lost"] = [
+            _won_lost(r, "clients_won", "clients_lost", "client_pairs") for _, r in table.iterrows()
+        ]
+    shown["paper (for scale)"] = table["paper_reference"]
+    note = ("Accuracy: mode=local the mean over clients of per-client classifiers, mode=fl the global model "
+            "after the last round; won/lost counts seeds (and client/seed pairs) where the method beat / "
+            "lost to augment=none, of the pairs shown last.")  # fmt: skip
+    return f"{note}\n\n{shown.to_markdown(index=False, disable_numparse=True)}\n"  # fmt: skip
+
+
+def _won_lost(row: pd.Series, won: str, lost: str, total: str) -> str:
+    n = row.get(total)
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return ""
+    return f"{int(row[won])}/{int(row[lost])} of {int(n)}"
+
+
+def paper_average(dataset: str, partition: str, setting: str, strategy: str, arm: str) -> tuple[float, str]:
+    """The paper's comparable average accuracy (%) for one FL row, and what it is; ``(nan, "")`` if none."""
+    with_ggeur = arm != "none"
+    beta = _beta(setting)
+    if partition == "dirichlet" and beta in PAPER_LABEL_SKEW and strategy == "fedavg":
+        return PAPER_LABEL_SKEW[beta][with_ggeur], f"CIFAR-100 beta={beta}"
+    if dataset == "digits" and partition == "domain" and strategy == "fedavg" and with_ggeur:
+        return PAPER_DIGITS_GGEUR, "Digits"
+    if partition == "domain_dirichlet" and strategy in PAPER_OFFICE_HOME_LDS:
+        return PAPER_OFFICE_HOME_LDS[strategy][with_ggeur], "Office-Home-LDS beta=0.1"
+    return math.nan, ""
+
+
+def domain_columns(frame: pd.DataFrame) -> list[str]:
+    """The per-domain final-accuracy columns (``acc_<domain>_final``), in order of appearance."""
+    skip = {"acc_final", "acc_domain_avg_final"}
+    return [c for c in frame.columns if c.startswith("acc_") and c.endswith("_final") and c not in skip]
+
+
+def fl_paper_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """``mode=fl`` rows as the paper lays them out: per (dataset, partition, setting, strategy, arm), the
+    final accuracy (%) per domain and their unweighted average (mean over seeds; ``avg_std``), overall
+    accuracy, seeds, and ``paper_avg`` / ``paper_source``. Empty when no ``mode=fl`` record."""
+    frame = records_frame(records)
+    frame = frame[frame["mode"] == "fl"] if not frame.empty else frame
+    if frame.empty:
+        return pd.DataFrame()
+    doms = domain_columns(frame)
+    keys = ["dataset", "partition", "setting", "strategy", "arm"]
+    grouped = frame.groupby(keys, sort=True)
+    table = grouped["seed"].nunique().rename("seeds").to_frame()
+    for col in [*doms, "acc_domain_avg", "acc"]:
+        stats = grouped[col].agg(lambda v: mean_std(100 * pd.to_numeric(v)))
+        name = {"acc_domain_avg": "avg", "acc": "acc_overall"}.get(col, col.removesuffix("_final"))
+        table[name] = [s[0] for s in stats]
+        if col == "acc_domain_avg":
+            table["avg_std"] = [s[1] for s in stats]
+    table = table.reset_index()
+    paper = [paper_average(*vals) for vals in table[keys].itertuples(index=False)]
+    table["paper_avg"] = [p[0] for p in paper]
+    table["paper_source"] = [p[1] for p in paper]
+    return table
+
+
+def fl_paper_markdown(table: pd.DataFrame) -> str:
+    shown = table.copy()
+    shown["arm"] = ["base" if a == "none" else f"+{a.upper()}" for a in table["arm"]]
+    for col in [c for c in table.columns if c.startswith("acc_")] + ["paper_avg"]:
+        shown[col] = ["" if math.isnan(v) else f"{v:.2f}" for v in table[col]]
+    shown["avg"] = [_ms(m, s) for m, s in zip(table["avg"], table["avg_std"], strict=True)]
+    shown = shown.drop(columns="avg_std").astype(str)
+    note = ("Final global test accuracy (%) per domain and their unweighted average (mean ± std over seeds); "
+            "+GGEUR+MD is GGEUR with the multi-domain prototype step. paper_avg is the paper's number for "
+            "paper_source (CLIP features of another dataset): for scale only.")  # fmt: skip
+    return f"{note}\n\n{shown.to_markdown(index=False, disable_numparse=True)}\n"
+
+
+def fl_round_plot(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path | None:
+    """Global test accuracy per round (mean ± std over seeds, one line per setting, strategy and arm)."""
+    frame = records_frame(records)
+    frame = frame[frame["mode"] == "fl"] if not frame.empty else frame
+    if frame.empty:
+        return None
+    curves = {}
+    for key, cell in frame.groupby(["dataset", "setting", "strategy", "arm"], sort=True):
+        runs = [c for c in cell["curve"] if c]
+        if not runs:
+            continue
+        steps = min(len(c) for c in runs)
+        pairs = [mean_std(run[i] for run in runs) for i in range(steps)]
+        curves[" ".join(str(k) for k in key)] = (
+            [m for m, _ in pairs],
+            [0.0 if math.isnan(s) else s for _, s in pairs],
+        )
+    if not curves:
+        return None
+    return line_plot(curves, path, xlabel="round", ylabel="global test accuracy", title="mode=fl accuracy per round",
+                     first_step=1)  # fmt: skip
 
 
 def fed_comparison_table(records: Iterable[Mapping[str, Any]], out: str | os.PathLike[str]) -> list[Path]:
-    """Write ``ggeur_comparison.csv`` and ``.md`` into folder ``out`` (atomically); ``[]`` if no fed run."""
-    rows = comparison_rows(records)
-    if not rows:
-        return []
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    head = (
-        "| dataset | partition | setting | acc none (%) | acc GGEUR (%) | gain (pts) | seeds with gain "
-        "| paper, federated (for scale) |"
-    )
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-
-        def ms(prefix: str, r: dict[str, Any] = r) -> str:
-            m = r.get(f"{prefix}_mean")
-            return "" if m is None else f"{m:.2f} ± {r[f'{prefix}_std']:.2f}"
-
-        lines.append(
-            f"| {r['dataset']} | {r['partition']} | {r['setting']} | {ms('acc_none')} | {ms('acc_ggeur')} "
-            f"| {ms('gain_pts')} | {r.get('seeds_with_gain', '')} | {r['paper_reference']} |"
-        )
+    """Write into folder ``out`` (atomically) the GGEUR-vs-none table (``ggeur_comparison.csv``/``.md``)
+    and, with ``mode=fl`` records, the paper-style table (``ggeur_fl_vs_paper.csv``/``.md``) and the
+    per-round plot (``ggeur_fl_rounds.png``). Returns the paths written (``[]`` without fed records)."""
+    records = list(records)
     out_dir = Path(out)
-    return [
-        atomic_write_text(out_dir / CSV_NAME, buf.getvalue()),
-        atomic_write_text(out_dir / MD_NAME, "\n".join(lines) + "\n"),
-    ]
+    written: list[Path] = []
+    table = comparison_rows(records)
+    if not table.empty:
+        written += [
+            atomic_write_text(out_dir / CSV_NAME, table.to_csv(index=False, na_rep="")),
+            atomic_write_text(out_dir / MD_NAME, comparison_markdown(table)),
+        ]
+    fl = fl_paper_rows(records)
+    if not fl.empty:
+        written += [
+            atomic_write_text(out_dir / FL_CSV_NAME, fl.to_csv(index=False, na_rep="")),
+            atomic_write_text(out_dir / FL_MD_NAME, fl_paper_markdown(fl)),
+        ]
+        plot = fl_round_plot(records, out_dir / FL_PLOT_NAME)
+        written += [plot] if plot else []
+    return written

@@ -99,5 +99,15 @@ STEPS: list[Step] = [
         by=["dataset.name", "partition.beta", "strategy.name", "augment.kind"],
         metrics=["acc_best", "acc_final", "acc_domain_avg_final"],
         quick=["fl.rounds=5", "strategy=fedavg,fedprox", "seed=0,1"],
+        report=fed_comparison_table,
+    ),
+    Step(
+        name="ggeur_fl_domain_skew",
+        runner="runners.fed",
+        sweeps=[["experiment=ggeur_domain_skew"]],
+        by=["dataset.name", "strategy.name", "augment.kind"],
+        metrics=["acc_best", "acc_final", "acc_domain_avg_final"],
+        quick=["fl.rounds=5", "strategy=fedavg,fedprox", "seed=0,1"],
+        report=fed_comparison_table,
     ),
 ]
