@@ -63,10 +63,16 @@ MODES: dict[str, Callable[[RunContext, dict[str, Any]], RunOutput]] = {"local": 
 
 def body(ctx: RunContext) -> RunOutput:
     limit_threads()
-    cfg = ctx.config
-    mode = cfg.get("mode")
+    mode = ctx.config.get("mode")
     if mode not in MODES:
         raise ConfigError("mode", f"expected one of {sorted(MODES)}, got {mode!r}")
+    return MODES[mode](ctx, build_parts(ctx))
+
+
+def build_parts(ctx: RunContext) -> dict[str, Any]:
+    """Dataset, partition (saved with the run), clients' raw sets, test set, normaliser kind, augmenter
+    (resolved for the partition), model and training settings, from the run's config."""
+    cfg = ctx.config
     source = build(cfg["dataset"], "dataset")
     partitioner = build(cfg["partition"], "partition")
     augment = build(cfg["augment"], "augment").resolve(partitioner.method)
@@ -84,8 +90,9 @@ def body(ctx: RunContext) -> RunOutput:
     parts = {
         "clients": client_datasets(train_set, part), "test": test_set, "normalize": source.normalize,
         "augment": augment, "model": model, "train": train,
+        "partition_method": partitioner.method,
     }  # fmt: skip
-    return MODES[mode](ctx, parts)
+    return parts
 
 
 @hydra.main(config_path=CONF_DIR, config_name="fed", version_base="1.3")

@@ -16,6 +16,7 @@ A client finds its data as ``client_<partition-id>.npz`` in ``data-dir`` (node c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,18 @@ def _reply(msg: Message, **records: Any) -> Message:
     return Message(RecordDict(records), reply_to=msg)
 
 
-def make_client_app(setup: Setup) -> ClientApp:
-    """The ``ClientApp`` of a run with ``setup``."""
+def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
+    """The ``ClientApp`` of a run with a ``Setup``, or with a function that builds it from the node's
+    ``Context`` (a deployed SuperNode: ``fedgeo.fl.deploy``)."""
     app = ClientApp()
+
+    def get(context: Context) -> Setup:
+        return setup_of if isinstance(setup_of, Setup) else setup_of(context)
 
     @app.query("norm")
     def norm(msg: Message, context: Context) -> Message:
         limit_threads()
+        setup = get(context)
         k, data_dir = _where(context, setup)
         st = norm_stats(setup.normalize, load_client(client_file(data_dir, k)).features)
         arrays = {"count": np.array([st.count], dtype=np.int64), "mean": st.mean, "m2": st.m2}
@@ -103,6 +109,7 @@ def make_client_app(setup: Setup) -> ClientApp:
     @app.query("ggeur")
     def ggeur(msg: Message, context: Context) -> Message:
         limit_threads()
+        setup = get(context)
         k, data_dir = _where(context, setup)
         raw = load_client(client_file(data_dir, k))
         data = ClientData(_normalizer(msg.content, setup.normalize)(raw.features), raw.labels, raw.domains)
@@ -112,6 +119,7 @@ def make_client_app(setup: Setup) -> ClientApp:
     @app.query("prepare")
     def prepare(msg: Message, context: Context) -> Message:
         limit_threads()
+        setup = get(context)
         k, data_dir = _where(context, setup)
         raw = load_client(client_file(data_dir, k))
         data = ClientData(_normalizer(msg.content, setup.normalize)(raw.features), raw.labels, raw.domains)
@@ -127,6 +135,7 @@ def make_client_app(setup: Setup) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         limit_threads()
+        setup = get(context)
         k, data_dir = _where(context, setup)
         prepared = context.state["prepared"]["path"] if "prepared" in context.state else None
         data = load_client(Path(str(prepared)) if prepared else client_file(data_dir, k, prepared=True))

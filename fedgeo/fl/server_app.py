@@ -134,56 +134,75 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        fl, timeout = setup.fl, setup.fl.timeout_s
-        nodes = list(grid.get_node_ids())
-        t0 = time.perf_counter()
-        norm = Normalizer(setup.normalize)
-        if setup.normalize not in ("none", "l2"):  # row-wise kinds need no statistics
-            got = exchange(grid, "norm", RecordDict({"config": ConfigRecord({})}), timeout, sink)
-            stats = [from_record(r.content["stats"]) for r in got]
-            merged = merge_norm_stats([NormStats(int(s["count"][0]), s["mean"], s["m2"]) for s in stats])
-            norm = fit_from_stats(setup.normalize, merged)
-        norm_rec = to_record({} if norm.mean is None else {"mean": norm.mean, "scale": norm.scale})
-        reply: Arrays = {}
-        if setup.augment.enabled:
-            got = exchange(grid, "ggeur", RecordDict({"norm": norm_rec}), timeout, sink)
-            reply, info = setup.augment.server_reply([from_record(r.content["upload"]) for r in got])
-            sink.exchange["ggeur_clipped"] = float(info.get("clipped", 0))
-        got = exchange(
-            grid, "prepare", RecordDict({"norm": norm_rec, "reply": to_record(reply)}), timeout, sink
-        )
-        sink.exchange["n_train_mean"] = float(np.mean([r.content["metrics"]["n_train"] for r in got]))
-        sink.exchange["prepare_s"] = time.perf_counter() - t0
-        test = TestSet(norm(test_raw.features), test_raw.labels, test_raw.domains, domain_names)
-        model = setup.model.make(setup.dim, setup.num_classes, seed=setup.seed)
-        base = getattr(flwr_strategy, setup.strategy.flower_class or "FedAvg")
-        kwargs: dict[str, Any] = {"fraction_train": fl.fraction, "fraction_evaluate": 0.0,
-                                  "min_train_nodes": fl.min_clients, "min_available_nodes": len(nodes)}  # fmt: skip
-        if setup.strategy.flower_class:
-            kwargs |= setup.strategy.flower_kwargs()
-        strat = _suite_strategy(base, setup.strategy, sink, len(nodes), kwargs)
-        clock = [time.perf_counter()]
-
-        def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
-            if rnd == 0:
-                clock[0] = time.perf_counter()
-                return None
-            if rnd % fl.eval_every and rnd != fl.rounds:
-                return None
-            params = from_record(arrays)
-            ev = evaluate(set_params(model, params), test)
-            ev |= {"bytes_down": strat.round_bytes[0], "bytes_up": strat.round_bytes[1],
-                   "wall_s": time.perf_counter() - clock[0]}  # fmt: skip
-            clock[0] = time.perf_counter()
-            sink.rounds.append({"round": float(rnd), **ev})
-            sink.final_params = params
-            if sink.on_round:
-                sink.on_round(rnd, ev)
-            return MetricRecord({k: float(v) for k, v in ev.items()})
-
-        initial = to_record({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
-        strat.start(grid, initial, num_rounds=fl.rounds, timeout=timeout, evaluate_fn=evaluate_fn)
+        serve(grid, setup, test_raw, domain_names, sink)
         if done is not None:
             done.set()
 
     return app
+
+
+def serve(
+    grid: Grid, setup: Setup, test_raw: ClientData, domain_names: tuple[str, ...], sink: RunSink
+) -> None:
+    """The server's whole run on ``grid``: normaliser, GGEUR and preparation rounds, then ``fl.rounds``
+    training rounds; every evaluated round lands in ``sink``."""
+    norm = prepare_clients(grid, setup, sink)
+    test = TestSet(norm(test_raw.features), test_raw.labels, test_raw.domains, domain_names)
+    train_rounds(grid, setup, test, sink)
+
+
+def prepare_clients(grid: Grid, setup: Setup, sink: RunSink) -> Normalizer:
+    """The rounds before training: normaliser statistics (``query.norm``), GGEUR (``query.ggeur``, with
+    ``augment=ggeur``), preparation (``query.prepare``); returns the fitted normaliser."""
+    timeout = setup.fl.timeout_s
+    t0 = time.perf_counter()
+    norm = Normalizer(setup.normalize)
+    if setup.normalize not in ("none", "l2"):  # row-wise kinds need no statistics
+        got = exchange(grid, "norm", RecordDict({"config": ConfigRecord({})}), timeout, sink)
+        stats = [from_record(r.content["stats"]) for r in got]
+        merged = merge_norm_stats([NormStats(int(s["count"][0]), s["mean"], s["m2"]) for s in stats])
+        norm = fit_from_stats(setup.normalize, merged)
+    norm_rec = to_record({} if norm.mean is None else {"mean": norm.mean, "scale": norm.scale})
+    reply: Arrays = {}
+    if setup.augment.enabled:
+        got = exchange(grid, "ggeur", RecordDict({"norm": norm_rec}), timeout, sink)
+        reply, info = setup.augment.server_reply([from_record(r.content["upload"]) for r in got])
+        sink.exchange["ggeur_clipped"] = float(info.get("clipped", 0))
+    got = exchange(grid, "prepare", RecordDict({"norm": norm_rec, "reply": to_record(reply)}), timeout, sink)
+    sink.exchange["n_train_mean"] = float(np.mean([r.content["metrics"]["n_train"] for r in got]))
+    sink.exchange["prepare_s"] = time.perf_counter() - t0
+    return norm
+
+
+def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink) -> None:
+    """``fl.rounds`` training rounds through ``Strategy.start``; the global model scored on ``test``."""
+    fl, timeout = setup.fl, setup.fl.timeout_s
+    nodes = list(grid.get_node_ids())
+    model = setup.model.make(setup.dim, setup.num_classes, seed=setup.seed)
+    base = getattr(flwr_strategy, setup.strategy.flower_class or "FedAvg")
+    kwargs: dict[str, Any] = {"fraction_train": fl.fraction, "fraction_evaluate": 0.0,
+                              "min_train_nodes": fl.min_clients, "min_available_nodes": len(nodes)}  # fmt: skip
+    if setup.strategy.flower_class:
+        kwargs |= setup.strategy.flower_kwargs()
+    strat = _suite_strategy(base, setup.strategy, sink, len(nodes), kwargs)
+    clock = [time.perf_counter()]
+
+    def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if rnd == 0:
+            clock[0] = time.perf_counter()
+            return None
+        if rnd % fl.eval_every and rnd != fl.rounds:
+            return None
+        params = from_record(arrays)
+        ev = evaluate(set_params(model, params), test)
+        ev |= {"bytes_down": strat.round_bytes[0], "bytes_up": strat.round_bytes[1],
+               "wall_s": time.perf_counter() - clock[0]}  # fmt: skip
+        clock[0] = time.perf_counter()
+        sink.rounds.append({"round": float(rnd), **ev})
+        sink.final_params = params
+        if sink.on_round:
+            sink.on_round(rnd, ev)
+        return MetricRecord({k: float(v) for k, v in ev.items()})
+
+    initial = to_record({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+    strat.start(grid, initial, num_rounds=fl.rounds, timeout=timeout, evaluate_fn=evaluate_fn)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.experiment import run_experiment
 from common.log import RunLogger
 from fedgeo.augment import GGEUR, ClientData, NoAugment
 from fedgeo.classifier import TrainSettings
@@ -17,6 +18,9 @@ from fedgeo.fl.settings import FLSettings
 from fedgeo.fl.strategy.fedavg import FedAvg
 from fedgeo.models import LinearModel
 from fedgeo.synthetic import make_synthetic
+from runners.fed import body as fed_body
+from runners.fed_deploy import body as deploy_body
+from tests.fedgeo.conftest import SMALL, compose_fed
 
 
 def test_fl_run_records_rounds_bytes_and_accuracy(fed_run) -> None:
@@ -87,3 +91,24 @@ def test_ray_backend_runs_and_matches_inprocess(fed_run) -> None:
     a = fed_run("mode=fl", "fl.backend=ray", "fl.timeout_s=120")
     b = fed_run("mode=fl", "fl.backend=inprocess")
     assert a.metrics["acc_final"] == b.metrics["acc_final"]
+
+
+@pytest.mark.slow
+def test_deployment_runtime_on_loopback_matches_inprocess(tmp_path: Path) -> None:
+    """A real SuperLink, two SuperNodes and ``flwr run`` (``runners.fed_deploy``), all on 127.0.0.1."""
+    cfg = compose_fed(*SMALL, "fl.clients=2", "fl.rounds=2", "fl.timeout_s=120", tmp=tmp_path)
+    dep = run_experiment(cfg, "fed", deploy_body, run_dir=tmp_path / "deploy")
+    ref = run_experiment(cfg, "fed", fed_body, run_dir=tmp_path / "inprocess")
+    assert dep.metrics["rounds"] == 2 and dep.metrics["client_failures"] == 0
+    assert len(dep.series["acc"]) == 2 and 0.0 <= dep.metrics["acc_final"] <= 1.0
+    assert dep.metrics["acc_final"] == ref.metrics["acc_final"]
+    assert dep.series["acc"] == ref.series["acc"]
+    leftover = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(tmp_path / "deploy") in _read(p)]
+    assert leftover == []
+
+
+def _read(p: Path) -> str:
+    try:
+        return p.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,282 @@
+"""``python -m runners.fed_deploy [runners.fed overrides]``: one ``mode=fl`` run on Flower's Deployment Runtime.
+
+The same ServerApp/ClientApp logic as ``runners.fed mode=fl`` (``fedgeo.fl``), but every party is its own
+process talking over Flower's network stack, here all on loopback (127.0.0.1):
+
+1. the run's data: each client's raw set ``client_<k>.npz`` and the test set ``test.npz`` in the run's
+   ``deploy/`` folder; the run's config (``spec``) goes into ``run_config.toml``;
+2. ``flower-superlink --insecure --host 127.0.0.1 --port P --disable-runtime-dependency-installation``;
+3. one ``flower-supernode --insecure --superlink 127.0.0.1:P --host 127.0.0.1 --port Q_k
+   --node-config "partition-id=k num-partitions=K data-dir='<deploy>'"`` per client (its own partition);
+4. ``flwr run flower_app deploy --run-config <deploy>/run_config.toml --stream`` with ``FLWR_HOME`` set to
+   ``<deploy>/flwr_home``, whose ``config.toml`` names the SuperLink connection ``deploy``
+   (``address = "127.0.0.1:P"``, ``insecure = true``). ``flower_app/`` is the Flower App (its
+   ``pyproject.toml`` names ``server_app`` and ``client_app`` below as its components).
+
+The ServerApp writes its per-round results to ``result.json`` in the deploy folder; the runner turns them
+into the usual record. Everything is bounded by ``fl.timeout_s x (rounds + 2)`` seconds, and every process started here is killed (its process group) at the end, also on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig
+
+from common.atomic import atomic_write_text
+from common.config import build
+from common.errors import SuiteError
+from common.experiment import RunContext, RunOutput
+from common.threads import limit_threads
+from fedgeo.augment import ClientData
+from fedgeo.fl.client_app import Setup, client_file, make_client_app, save_client
+from fedgeo.fl.run import summarize
+from fedgeo.fl.server_app import RunSink, serve
+from runners.fed import build_parts, classifier_model
+from runners.hydra_entry import CONF_DIR, hydra_cli, run_from_hydra
+
+REPO = Path(__file__).resolve().parent.parent
+APP_DIR = REPO / "flower_app"
+HOST = "127.0.0.1"
+
+
+def setup_from_spec(spec: dict[str, Any], data_dir: str) -> Setup:
+    """The run's ``Setup`` from the plain spec every party receives in the run config."""
+    cfg = spec["config"]
+    augment = build(cfg["augment"], "augment").resolve(spec["partition_method"])
+    return Setup(
+        build(cfg["strategy"], "strategy"), classifier_model(cfg["model"]), augment, build(cfg["train"], "train"),
+        build(cfg["fl"], "fl"), spec["normalize"], spec["num_classes"], spec["num_domains"], spec["dim"],
+        spec["seed"], data_dir,
+    )  # fmt: skip
+
+
+@lru_cache(maxsize=4)
+def _client_setup(spec_json: str, data_dir: str) -> Setup:
+    return setup_from_spec(json.loads(spec_json), data_dir)
+
+
+def _node_setup(context: Context) -> Setup:
+    return _client_setup(str(context.run_config["spec"]), str(context.node_config.get("data-dir", "")))
+
+
+client_app = make_client_app(_node_setup)
+server_app = ServerApp()
+
+
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    limit_threads()
+    spec = json.loads(str(context.run_config["spec"]))
+    setup = setup_from_spec(spec, "")
+    wait_for_nodes(grid, spec["num_clients"], setup.fl.timeout_s)
+    with np.load(spec["test_file"]) as z:
+        test = ClientData(z["X"], z["y"].astype(np.int64), z["domains"].astype(np.int64))
+    sink = RunSink()
+    serve(grid, setup, test, tuple(spec["domain_names"]), sink)
+    out = {"rounds": sink.rounds, "exchange": sink.exchange, "failures": sink.failures}
+    atomic_write_text(spec["result_file"], json.dumps(out))
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> None:
+    """Block until ``n`` SuperNodes are connected; ``SuiteError`` after ``timeout_s`` seconds."""
+    t0 = time.monotonic()
+    while len(list(grid.get_node_ids())) < n:
+        if time.monotonic() - t0 > timeout_s:
+            raise SuiteError(f"deploy: only {len(list(grid.get_node_ids()))} of {n} SuperNodes connected")
+        time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def commands(work: Path, num_clients: int, link_port: int, node_ports: list[int]) -> dict[str, list[str]]:
+    """The exact command lines of a loopback deployment (SuperLink, SuperNodes, ``flwr run``)."""
+    bindir = Path(sys.executable).parent
+    cmds = {
+        "superlink": [str(bindir / "flower-superlink"), "--insecure", "--host", HOST, "--port", str(link_port),
+                      "--disable-runtime-dependency-installation"],
+        "run": [str(bindir / "flwr"), "run", str(APP_DIR), "deploy", "--run-config",
+                str(work / "run_config.toml"), "--stream"],
+    }  # fmt: skip
+    for k in range(num_clients):
+        node_config = f"partition-id={k} num-partitions={num_clients} data-dir='{work}'"
+        cmds[f"supernode{k}"] = [
+            str(bindir / "flower-supernode"), "--insecure", "--superlink", f"{HOST}:{link_port}",
+            "--host", HOST, "--port", str(node_ports[k]), "--node-config", node_config,
+        ]  # fmt: skip
+    return cmds
+
+
+def write_inputs(parts: dict[str, Any], cfg: dict[str, Any], seed: int, work: Path, link_port: int) -> None:
+    """Clients' raw sets, the test set, the run config (``spec``) and the Flower CLI config."""
+    work.mkdir(parents=True, exist_ok=True)
+    for k, c in enumerate(parts["clients"]):
+        save_client(client_file(work, k), c)
+    test = parts["test"]
+    save_client(work / "test.npz", ClientData(test.features, test.labels, test.domains))
+    spec = {
+        "config": {k: cfg[k] for k in ("strategy", "model", "augment", "train", "fl")},
+        "partition_method": parts["partition_method"], "normalize": parts["normalize"],
+        "num_classes": test.num_classes, "num_domains": test.num_domains, "dim": test.dim, "seed": seed,
+        "domain_names": list(test.domain_names), "num_clients": len(parts["clients"]),
+        "test_file": str(work / "test.npz"), "result_file": str(work / "result.json"),
+    }  # fmt: skip
+    atomic_write_text(work / "run_config.toml", f"spec = {json.dumps(json.dumps(spec))}\n")
+    home = work / "flwr_home"
+    home.mkdir(exist_ok=True)
+    conn = f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "{HOST}:{link_port}"\ninsecure = true\n'
+    atomic_write_text(home / "config.toml", conn)
+
+
+def run_deployment(work: Path, num_clients: int, link_port: int, limit_s: float, log: Any) -> dict[str, Any]:
+    """Start the SuperLink and SuperNodes, ``flwr run`` the app, wait for ``result.json`` (at most
+    ``limit_s`` seconds); every process started here is killed at the end. Returns the server's results."""
+    cmds = commands(work, num_clients, link_port, [free_port() for _ in range(num_clients)])
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "FLWR_HOME": str(work / "flwr_home"), "FLWR_TELEMETRY_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}  # fmt: skip
+    procs: dict[str, subprocess.Popen] = {}
+    deadline = time.monotonic() + limit_s
+
+    def start(name: str, cwd: Path) -> None:
+        log.info(f"deploy: {' '.join(cmds[name])}")
+        with (work / f"{name}.log").open("wb") as f:
+            procs[name] = subprocess.Popen(cmds[name], env=env, stdout=f, stderr=subprocess.STDOUT,
+                                           start_new_session=True, cwd=cwd)  # fmt: skip
+
+    try:
+        start("superlink", work)
+        wait_for_port(link_port, deadline, procs["superlink"])
+        for k in range(num_clients):
+            start(f"supernode{k}", work)
+        start("run", REPO)
+        return wait_for_result(work, procs, deadline, limit_s)
+    finally:
+        _kill(list(procs.values()))
+
+
+def wait_for_port(port: int, deadline: float, proc: subprocess.Popen) -> None:
+    """Until something accepts connections on ``127.0.0.1:port`` (the SuperLink's HTTP API)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if s.connect_ex((HOST, port)) == 0:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SuiteError(f"deploy: the SuperLink did not start listening on {HOST}:{port}")
+        time.sleep(0.2)
+
+
+def wait_for_result(work: Path, procs: dict[str, subprocess.Popen], deadline: float, limit_s: float) -> dict:
+    """The ServerApp's ``result.json``; ``SuiteError`` when a party exits early or time runs out."""
+    result, run_done = work / "result.json", None
+    while not result.exists():
+        dead = [n for n, p in procs.items() if n != "run" and p.poll() is not None]
+        rc = procs["run"].poll()
+        if rc is not None and run_done is None:
+            run_done = time.monotonic()
+        late = run_done is not None and (rc != 0 or time.monotonic() - run_done > 30)
+        if dead or late or time.monotonic() > deadline:
+            why = (
+                f"{dead} exited"
+                if dead
+                else f"flwr run exited ({rc})"
+                if late
+                else f"no result in {limit_s:g} s"
+            )
+            raise SuiteError(f"deploy: {why}; logs in {work}: {_tail(work / 'run.log')}")
+        time.sleep(0.5)
+    return json.loads(result.read_text())
+
+
+def _tail(path: Path, n: int = 400) -> str:
+    return path.read_text(errors="replace")[-n:].replace("\n", " | ") if path.exists() else ""
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from ``/proc``), also those Flower detached into new sessions."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    """Stop every process started here and all their descendants: SIGTERM, then SIGKILL after 5 s."""
+    pids = [q for p in procs if p.poll() is None for q in (p.pid, *_descendants(p.pid))]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        t_end = time.monotonic() + 5.0
+        while time.monotonic() < t_end and any(_alive(pid) for pid in pids):
+            for p in procs:
+                p.poll()  # reap our direct children
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def body(ctx: RunContext) -> RunOutput:
+    limit_threads()
+    if ctx.config.get("mode") != "fl":
+        raise SuiteError("runners.fed_deploy runs mode=fl only")
+    parts = build_parts(ctx)
+    fl = build(ctx.config["fl"], "fl")
+    work = ctx.artifact("deploy")
+    link_port = free_port()
+    write_inputs(parts, ctx.config, ctx.seed, work, link_port)
+    limit = fl.timeout_s * (fl.rounds + 2)
+    t0 = time.perf_counter()
+    res = run_deployment(work, len(parts["clients"]), link_port, limit, ctx.log)
+    sink = RunSink(rounds=res["rounds"], exchange=res["exchange"], failures=res["failures"])
+    for f in sink.failures:
+        ctx.logger.event("client_failure", detail=f)
+    for r in sink.rounds:
+        ctx.logger.log({k: r[k] for k in ("acc", "acc_domain_avg", "loss")}, int(r["round"]), "round")
+    out = summarize(sink, parts["test"].domain_names)
+    out.metrics |= {"fl_wall_s": time.perf_counter() - t0, "num_clients": float(len(parts["clients"])),
+                    "multi_domain": float(bool(getattr(parts["augment"], "multi_domain", False)))}  # fmt: skip
+    return out
+
+
+@hydra.main(config_path=CONF_DIR, config_name="fed", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_from_hydra(cfg, "fed", body)
+
+
+if __name__ == "__main__":
+    limit_threads()
+    hydra_cli(main)
