@@ -13,6 +13,7 @@ from fedgeo.fl.strategy.base import ClientResult
 from fedgeo.fl.strategy.fedavg import FedAvg
 from fedgeo.fl.strategy.feddyn import FedDyn
 from fedgeo.fl.strategy.fedntd import FedNTD, ntd_loss
+from fedgeo.fl.strategy.fedopt import FedAdam, FedYogi
 from fedgeo.fl.strategy.fedproto import FedProto
 from fedgeo.fl.strategy.fedprox import FedProx
 from fedgeo.fl.strategy.moon import Moon
@@ -142,3 +143,29 @@ def test_fedproto_aggregates_class_prototypes_by_count() -> None:
     np.testing.assert_allclose(server["protos"][0], (z[0] + 3 * np.ones(2)) / 4, rtol=1e-5)
     np.testing.assert_allclose(server["protos"][1], z[1], rtol=1e-5)
     np.testing.assert_array_equal(server["proto_counts"], [4, 1])
+
+
+@pytest.mark.parametrize("cls", [FedAdam, FedYogi])
+def test_fedadam_and_fedyogi_server_step_by_hand(cls) -> None:
+    """Reddi et al. (2021) Algorithm 2, one round from m = 0, v = tau^2, with the unweighted mean delta."""
+    s = cls(eta=0.1, beta_1=0.9, beta_2=0.99, tau=0.01)
+    w1 = {k: v + 0.2 for k, v in W0.items()}
+    w2 = {k: v - 0.1 for k, v in W0.items()}
+    params, *_ = s.client_update(model(), W0, X, Y, {}, {}, opts())
+    close(params, step(W0, grad(W0)))  # the clients' update is FedAvg's
+    state = s.init_server_state(W0)
+    new, state = s.aggregate(W0, [ClientResult(w1, 1, {}), ClientResult(w2, 9, {})], state, 2)
+    delta = 0.05  # (0.2 - 0.1) / 2: example counts do not weigh
+    m = 0.1 * delta
+    if cls is FedAdam:
+        v = 0.99 * 1e-4 + 0.01 * delta**2
+    else:  # Yogi: v - (1 - beta_2) d^2 sign(v - d^2), and v = tau^2 < d^2
+        v = 1e-4 + 0.01 * delta**2
+    close(new, {k: x + 0.1 * m / (np.sqrt(v) + 0.01) for k, x in W0.items()})
+    for k in W0:
+        np.testing.assert_allclose(state[f"m.{k}"], m)
+        np.testing.assert_allclose(state[f"v.{k}"], v)
+    # Round 2 with no change (delta = 0): the momentum alone still moves the model.
+    new2, _ = s.aggregate(new, [ClientResult(new, 1, {})], state, 2)
+    v2 = 0.99 * v if cls is FedAdam else v
+    close(new2, {k: new[k] + 0.1 * 0.9 * m / (np.sqrt(v2) + 0.01) for k in W0})
