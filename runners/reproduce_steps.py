@@ -45,6 +45,7 @@ BENCHMARK_MODULES = [
     "benchmarks.cost_model",
     "benchmarks.ggeur",
     "benchmarks.moetuner_solve",
+    "benchmarks.fl",
 ]
 
 
