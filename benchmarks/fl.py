@@ -17,6 +17,7 @@ Writes ``results/bench/fl/result.json``.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,9 +119,13 @@ def body(ctx: RunContext, clients_n: int, rounds: int, target: int, repeats: int
     clients = client_datasets(train_set, part)
     fl, train = FLSettings(rounds=rounds, clients=clients_n), TrainSettings()
     metrics: dict[str, float] = {}
-    for name, aug in (("none", NoAugment()), ("ggeur", GGEUR(target_per_class=target, multi_domain=False))):
-        ctx.log.info(f"arm {name}: {clients_n} clients x {rounds} rounds, Flower then plain")
-        metrics |= bench_arm(name, aug, clients, test, fl, train, ctx.seed, ctx.artifact("fl"), repeats)
+    with tempfile.TemporaryDirectory(prefix="bench-fl-") as work:  # the clients' files, not kept
+        for name, aug in (
+            ("none", NoAugment()),
+            ("ggeur", GGEUR(target_per_class=target, multi_domain=False)),
+        ):
+            ctx.log.info(f"arm {name}: {clients_n} clients x {rounds} rounds, Flower then plain")
+            metrics |= bench_arm(name, aug, clients, test, fl, train, ctx.seed, Path(work), repeats)
     for name in ("none", "ggeur"):
         ctx.log.info(
             f"{name}: round (median) {metrics[f'{name}_flower_round_s_median']:.3f} s (Flower) vs "
