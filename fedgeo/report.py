@@ -223,16 +223,21 @@ def fl_paper_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def fl_paper_markdown(table: pd.DataFrame) -> str:
-    shown = table.copy()
-    shown["arm"] = ["base" if a == "none" else f"+{a.upper()}" for a in table["arm"]]
-    for col in [c for c in table.columns if c.startswith("acc_")] + ["paper_avg"]:
-        shown[col] = ["" if math.isnan(v) else f"{v:.2f}" for v in table[col]]
-    shown["avg"] = [_ms(m, s) for m, s in zip(table["avg"], table["avg_std"], strict=True)]
-    shown = shown.drop(columns="avg_std").astype(str)
+    """One Markdown table per dataset (its own domains as columns), base and +GGEUR rows per strategy."""
     note = ("Final global test accuracy (%) per domain and their unweighted average (mean ± std over seeds); "
             "+GGEUR+MD is GGEUR with the multi-domain prototype step. paper_avg is the paper's number for "
             "paper_source (CLIP features of another dataset): for scale only.")  # fmt: skip
-    return f"{note}\n\n{shown.to_markdown(index=False, disable_numparse=True)}\n"
+    parts = [note]
+    for dataset, sub in table.groupby("dataset", sort=True):
+        shown = sub.dropna(axis=1, how="all").copy()
+        shown["arm"] = ["base" if a == "none" else f"+{a.upper()}" for a in sub["arm"]]
+        for col in [c for c in shown.columns if c.startswith("acc_")] + ["paper_avg"]:
+            if col in shown:
+                shown[col] = ["" if math.isnan(v) else f"{v:.2f}" for v in sub[col]]
+        shown["avg"] = [_ms(m, s) for m, s in zip(sub["avg"], sub["avg_std"], strict=True)]
+        shown = shown.drop(columns=["dataset", "avg_std"], errors="ignore").astype(str)
+        parts.append(f"### {dataset}\n\n{shown.to_markdown(index=False, disable_numparse=True)}")
+    return "\n\n".join(parts) + "\n"
 
 
 def fl_round_plot(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path | None:
