@@ -105,8 +105,12 @@ STEPS: list[Step] = [
     Step(
         name="ggeur_fl_domain_skew",
         runner="runners.fed",
-        sweeps=[["experiment=ggeur_domain_skew"]],
-        by=["dataset.name", "strategy.name", "augment.kind"],
+        # GGEUR (+ the multi-domain prototype step, the default here) and none; then GGEUR without that step
+        sweeps=[
+            ["experiment=ggeur_domain_skew"],
+            ["experiment=ggeur_domain_skew", "augment=ggeur", "augment.multi_domain=false"],
+        ],
+        by=["dataset.name", "strategy.name", "augment.kind", "augment.multi_domain"],
         metrics=["acc_best", "acc_final", "acc_domain_avg_final"],
         quick=["fl.rounds=5", "strategy=fedavg,fedprox", "seed=0,1"],
         report=fed_comparison_table,
