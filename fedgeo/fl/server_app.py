@@ -3,7 +3,7 @@
 ``make_server_app`` runs, in order: the normaliser round (``query.norm``), the GGEUR round
 (``query.ggeur``, only with ``augment=ggeur``), the preparation round (``query.prepare``: normaliser and
 global shapes down, clients build their sets once), then ``fl.rounds`` training rounds through
-``Strategy.start`` of a Flower strategy (``FedAvg``, or ``FedAdam``/``FedYogi`` for those) whose training
+``Strategy.start`` of Flower's ``FedAvg`` strategy whose training
 aggregation is our strategy's pure ``aggregate``. After every round the global model is scored on the
 test set (``evaluate_fn``); the round's bytes (up and down) and wall time are recorded in ``RunSink``.
 """
@@ -100,8 +100,6 @@ def _suite_strategy(base: type, spec, sink: RunSink, num_clients: int, kwargs: d
                     )
             good = [r for r in replies if not r.has_error()]
             self.round_bytes[1] = float(sum(_content_bytes(r.content) for r in good))
-            if spec.flower_class:
-                return super().aggregate_train(server_round, good)
             if not good:
                 return None, None
             results = [
@@ -179,11 +177,9 @@ def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink) -> None
     fl, timeout = setup.fl, setup.fl.timeout_s
     nodes = list(grid.get_node_ids())
     model = setup.model.make(setup.dim, setup.num_classes, seed=setup.seed)
-    base = getattr(flwr_strategy, setup.strategy.flower_class or "FedAvg")
+    base = flwr_strategy.FedAvg  # its sampling and round loop; the aggregation is the suite strategy's
     kwargs: dict[str, Any] = {"fraction_train": fl.fraction, "fraction_evaluate": 0.0,
                               "min_train_nodes": fl.min_clients, "min_available_nodes": len(nodes)}  # fmt: skip
-    if setup.strategy.flower_class:
-        kwargs |= setup.strategy.flower_kwargs()
     strat = _suite_strategy(base, setup.strategy, sink, len(nodes), kwargs)
     clock = [time.perf_counter()]
 

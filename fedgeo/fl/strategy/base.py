@@ -17,7 +17,7 @@ them on tiny problems by hand, without Flower.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -39,7 +39,6 @@ class FLStrategy:
     """Base of the ``strategy`` options. ``name``: the option's name (records and tables)."""
 
     name: str = ""
-    flower_class: ClassVar[str] = ""  # set when Flower's own strategy aggregates (FedAdam, FedYogi)
 
     def init_server_state(self, params: Arrays) -> Arrays:
         return {}
