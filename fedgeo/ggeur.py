@@ -132,17 +132,6 @@ def unpack_sym(packed: np.ndarray, d: int) -> np.ndarray:
     return out
 
 
-def packed_outer(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``pack_sym`` of the outer products ``v_c v_c^T`` of the rows of ``v [C, d]``: ``[C, d (d + 1) / 2]``
-    (written into ``out`` when given)."""
-    C, d = v.shape
-    off = _row_offsets(d)
-    out = np.empty((C, off[-1]), dtype=v.dtype) if out is None else out
-    for i in range(d):
-        np.multiply(v[:, i : i + 1], v[:, i:], out=out[:, off[i] : off[i + 1]])
-    return out
-
-
 class StatsAccumulator:
     """Step 2, streaming: merges clients' statistics one at a time into the pooled statistics.
 
@@ -154,7 +143,7 @@ class StatsAccumulator:
         self.counts = np.zeros(num_classes, dtype=np.int64)
         self.means = np.zeros((num_classes, dim))
         self._m2 = np.zeros((num_classes, dim * (dim + 1) // 2))  # packed n * S
-        self._buf = np.empty((2, 0, self._m2.shape[1]))
+        self._off = _row_offsets(dim)
 
     def add(self, stats: ClassStats) -> None:
         """Merge one client's statistics (same C and d)."""
@@ -173,16 +162,17 @@ class StatsAccumulator:
         n = na + nb
         delta = means[sel] - self.means[sel]
         self.means[sel] += delta * (nb / n)[:, None]
-        # m2 += nb S_k + delta delta^T na nb / n, evaluated in place in that order (the same rounding).
-        m = n.size  # work buffers reused across clients: fresh 70 MB arrays cost more in page faults
-        if self._buf.shape[1] < m:
-            self._buf = np.empty((2, m, self._m2.shape[1]))
-        term, outer = self._buf[0, :m], self._buf[1, :m]
-        np.multiply(packed_covs[sel], nb[:, None].astype(np.float64), out=term)
-        packed_outer(delta, out=outer)
-        outer *= ((na * nb) / n)[:, None]
-        term += outer
-        self._m2[sel] += term
+        # m2 += nb S_k + delta delta^T na nb / n, in that order (the same rounding as one matrix at a time),
+        # one packed row at a time: the temporaries stay in cache and m2 and the upload are read once.
+        nbf, w = nb[:, None].astype(np.float64), ((na * nb) / n)[:, None]
+        off = self._off
+        for i in range(off.size - 1):
+            row = slice(off[i], off[i + 1])
+            term = np.multiply(packed_covs[sel, row], nbf)
+            outer = np.multiply(delta[:, i : i + 1], delta[:, i:])
+            outer *= w
+            term += outer
+            self._m2[sel, row] += term
         self.counts[sel] = n
 
     def result(self) -> ClassStats:
