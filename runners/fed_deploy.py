@@ -45,7 +45,7 @@ from common.threads import limit_threads
 from fedgeo.augment import ClientData
 from fedgeo.fl.client_app import Setup, client_file, make_client_app, save_client
 from fedgeo.fl.run import summarize
-from fedgeo.fl.server_app import RunSink, serve
+from fedgeo.fl.server_app import RunSink, serve, wait_for_nodes
 from runners.fed import build_parts, classifier_model
 from runners.hydra_entry import CONF_DIR, hydra_cli, run_from_hydra
 
@@ -90,15 +90,6 @@ def _server_main(grid: Grid, context: Context) -> None:
     serve(grid, setup, test, tuple(spec["domain_names"]), sink)
     out = {"rounds": sink.rounds, "exchange": sink.exchange, "failures": sink.failures}
     atomic_write_text(spec["result_file"], json.dumps(out))
-
-
-def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> None:
-    """Block until ``n`` SuperNodes are connected; ``SuiteError`` after ``timeout_s`` seconds."""
-    t0 = time.monotonic()
-    while len(list(grid.get_node_ids())) < n:
-        if time.monotonic() - t0 > timeout_s:
-            raise SuiteError(f"deploy: only {len(list(grid.get_node_ids()))} of {n} SuperNodes connected")
-        time.sleep(0.2)
 
 
 def free_port() -> int:

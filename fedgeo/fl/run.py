@@ -82,7 +82,7 @@ def run_federated(
     )
     done = threading.Event()
     server = make_server_app(
-        setup, ClientData(test.features, test.labels, test.domains), test.domain_names, sink, done
+        setup, ClientData(test.features, test.labels, test.domains), test.domain_names, sink, done, len(raw)
     )
     client = make_client_app(setup)
     t0 = time.perf_counter()

@@ -126,17 +126,31 @@ def make_server_app(
     domain_names: tuple[str, ...],
     sink: RunSink,
     done: threading.Event | None = None,
+    num_nodes: int | None = None,
 ) -> ServerApp:
-    """The ``ServerApp`` of a run; ``test_raw`` is the global test set before normalisation."""
+    """The ``ServerApp`` of a run; ``test_raw`` is the global test set before normalisation. With
+    ``num_nodes`` it first waits until that many nodes are connected (Ray and deployment register them
+    after the server starts)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if num_nodes:
+            wait_for_nodes(grid, num_nodes, setup.fl.timeout_s)
         serve(grid, setup, test_raw, domain_names, sink)
         if done is not None:
             done.set()
 
     return app
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> None:
+    """Block until ``n`` nodes are connected; ``SuiteError`` after ``timeout_s`` seconds."""
+    t0 = time.monotonic()
+    while len(list(grid.get_node_ids())) < n:
+        if time.monotonic() - t0 > timeout_s:
+            raise SuiteError(f"federation: only {len(list(grid.get_node_ids()))} of {n} nodes connected")
+        time.sleep(0.2)
 
 
 def serve(
