@@ -77,3 +77,19 @@ def test_nothing_is_taken_from_another_folder_unless_named(tmp_path, monkeypatch
 def test_resume_with_an_empty_resume_dir_runs_everything(tmp_path, monkeypatch, capsys):
     _sweep(tmp_path / "s", monkeypatch, capsys, "resume_dir=/definitely/not/here")
     assert (tmp_path / "s" / "0" / "result.json").exists() and (tmp_path / "s" / "1" / "result.json").exists()
+
+
+def test_without_shared_data_steps_run_offline_or_skip(tmp_path):
+    by_name = {s.name: s for s in STEPS}
+    plan, missing = by_name["moe_single_node"].plan(tmp_path)  # an empty folder in place of ../shared
+    assert missing and plan == [["experiment=moetuner_single_node", "trace=synthetic"]]
+    plan, missing = by_name["moe_trace_stats"].plan(tmp_path)
+    assert plan == [["experiment=moetuner_trace_stats"]]  # the real-trace sweep is dropped
+    plan, missing = by_name["ggeur_domain_skew"].plan(tmp_path)
+    assert plan == [] and missing
+    assert by_name["ggeur_label_skew"].plan(tmp_path) == (by_name["ggeur_label_skew"].sweeps, [])
+
+
+def test_committed_tables_hold_no_wall_clock_metric():
+    for step in STEPS:
+        assert not [m for m in step.metrics if m.endswith("time_s") and "layer" not in m], step.name
