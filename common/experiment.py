@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import ConfigError
-from common.log import RunLogger, get_logger, make_run_logger
+from common.log import RunLogger, announce, get_logger, make_run_logger
 from common.records import RunRecord, config_hash, find_complete_record, git_sha, write_record
 from common.seeding import seed_everything
 
@@ -95,6 +95,7 @@ def run_experiment(
         if done is not None:
             return done
     run_logger = make_run_logger(cfg.get("logger"), out_dir, cfg, default_group=group, default_name=name)
+    run_logger.capture_logs()
     try:
         record = _execute(cfg, suite, body, out_dir, run_logger, chash)
     except BaseException:
@@ -115,7 +116,7 @@ def resume_from(roots: Sequence[str | os.PathLike[str]], chash: str, out_dir: Pa
     if path.resolve() != (out_dir / "result.json").resolve():
         rec = replace(rec, resumed_from=str(path))
         write_record(out_dir, rec)
-    get_logger("run").info(f"resume: config {chash} already complete in {path.parent}; skipped")
+    announce(f"skipped: a complete record of this config ({chash}) is in {path.parent}")
     return rec
 
 

@@ -39,7 +39,9 @@ SCHEMA = "suite.run/1"
 RECORD_NAME = "result.json"
 SUITES = ("moe", "serve", "fed")
 # Keys that do not change what a run computes, so they do not enter the config hash.
-NON_SEMANTIC_KEYS = frozenset({"hydra", "logger", "resume", "resume_dir", "paths", "progress", "sweep_name"})
+NON_SEMANTIC_KEYS = frozenset(
+    {"hydra", "logger", "log", "resume", "resume_dir", "paths", "progress", "sweep_name"}
+)
 
 
 @dataclass

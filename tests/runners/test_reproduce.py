@@ -51,7 +51,7 @@ def test_multirun_resume_by_default_in_its_own_folder(tmp_path, monkeypatch, cap
     before = _events(sweep)
     err = _sweep(sweep, monkeypatch, capsys)  # the same command again: resume=true is the default
     assert _events(sweep)["0"] == before["0"]  # job 0 did not run again
-    assert "already complete" in err
+    assert "skipped: a complete record" in err
     redone = json.loads((sweep / "1" / "result.json").read_text())
     assert redone["metrics"] == records["1"]["metrics"]  # re-run, bit-identical numbers
     assert redone["config_hash"] == records["1"]["config_hash"]
@@ -69,7 +69,7 @@ def test_nothing_is_taken_from_another_folder_unless_named(tmp_path, monkeypatch
         for j in "01"
     )
     err = _sweep(tmp_path / "third", monkeypatch, capsys, f"resume_dir={first}")
-    assert "already complete" in err
+    assert "skipped: a complete record" in err
     copied = json.loads((tmp_path / "third" / "0" / "result.json").read_text())
     assert copied["resumed_from"] == str(first / "0" / "result.json")
 
