@@ -16,8 +16,11 @@ from omegaconf import OmegaConf
 from common.errors import ConfigError
 
 
-def apply_compute_file(topology_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The topology node with ``compute`` from ``compute_file`` (when set) and without that key."""
+def apply_compute_file(topology_cfg: Any) -> Any:
+    """The topology node with ``compute`` from ``compute_file`` (when set) and without that key; a node that
+    is not a mapping is returned as is (``topology_from_config`` names the problem)."""
+    if not isinstance(topology_cfg, Mapping):
+        return topology_cfg
     cfg = dict(topology_cfg)
     path = cfg.pop("compute_file", None)
     if not path:

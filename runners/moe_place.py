@@ -26,6 +26,7 @@ from moe.cost_model import CostReport, eval_options_from_config, evaluate_placem
 from moe.placement.base import Placement
 from moe.stats import cross_layer_counts, expert_load
 from moe.topology import Topology, topology_from_config
+from runners.compute_file import apply_compute_file
 
 BASELINE = "contiguous"
 # Metrics compared with the baseline: ``<name>_vs_contiguous`` = this / contiguous, and for the paper's
@@ -163,7 +164,7 @@ def run(ctx: RunContext) -> RunOutput:
     cfg = ctx.config
     log = ctx.log
     topology = topology_from_config(
-        with_model_dims(cfg.get("topology"), (cfg.get("trace") or {}).get("model"))
+        with_model_dims(apply_compute_file(cfg.get("topology")), (cfg.get("trace") or {}).get("model"))
     )
     options = eval_options_from_config(cfg.get("eval"))
     name, algo_options = placement_spec(cfg.get("placement"))

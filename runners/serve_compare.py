@@ -20,7 +20,7 @@ from common.atomic import atomic_write_text
 from common.errors import ConfigError
 from common.experiment import RunContext, RunOutput
 from common.log import get_logger
-from moe.engine.comm import DistContext
+from moe.engine.comm import DistContext, agree
 from moe.engine.compare import model_report, rank_agreement
 from moe.engine.placement_source import serve_placement
 from moe.engine.spec import EngineOptions
@@ -117,7 +117,8 @@ def table(per: dict[str, dict[str, float]], agg: dict[str, float]) -> str:
 def compare_one(
     ctx: RunContext | None, cfg: Mapping[str, Any], dctx: DistContext, opts: EngineOptions
 ) -> RunOutput:
-    s = setup(cfg, opts, dctx)
+    s = agree(lambda: setup(cfg, opts, dctx))
+    assert s is not None
     comp = cfg.get("compare") or {}
     placements = dict(comp.get("placements") or {})
     if not placements:

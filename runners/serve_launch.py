@@ -54,7 +54,9 @@ def _exit_failed(rank: int, exc: BaseException) -> None:
         peer = failure_message() if is_collective_failure(exc) else None
         line = peer or (own if isinstance(exc, SuiteError) else f"rank 0: {own}")
         print(f"error: {line}", file=sys.stderr, flush=True)
-    elif not is_collective_failure(exc) and not report_failure(f"rank {rank}: {own}"):
+    elif isinstance(exc, SuiteError) or is_collective_failure(exc):
+        pass  # every rank has the same input error (rank 0 prints it), or this is a peer's failure
+    elif not report_failure(f"rank {rank}: {own}"):
         print(f"error: rank {rank}: {own}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(2)

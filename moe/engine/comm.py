@@ -11,13 +11,17 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from common.errors import ConfigError
+from common.errors import ConfigError, SuiteError
 from moe.engine.spec import EngineOptions
+
+T = TypeVar("T")
 
 ERROR_KEY = "moe_engine/error"
 _COLLECTIVE_HINTS = ("gloo", "nccl", "connection", "timed out", "timeout", "closed by peer", "read error")
@@ -147,6 +151,39 @@ class PhaseClock:
             out = [float(b) - float(a) for a, b in self._open]  # type: ignore[arg-type]
         self._open = []
         return out
+
+
+class AgreedFailure(SuiteError):
+    """A user-input error that some rank hit during a checked step; every rank raises it."""
+
+
+def agree(fn: Callable[[], T], src: int | None = None) -> T | None:
+    """Run ``fn`` (on every rank, or on ``src`` only) and let every rank learn whether some rank failed.
+
+    A ``SuiteError`` on any rank becomes an ``AgreedFailure`` on every rank (message of the lowest failing
+    rank, prefixed ``rank r:`` when r is not 0), so that bad input stops the run everywhere, with no collective
+    left waiting. With ``src`` set, ``fn``'s result is broadcast from that rank (it must be picklable).
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    result: T | None = None
+    error: str | None = None
+    if src is None or rank == src:
+        try:
+            result = fn()
+        except SuiteError as exc:
+            error = str(exc)
+    if src is None:
+        errors: list[str | None] = [None] * world
+        dist.all_gather_object(errors, error)
+    else:
+        box = [(error, result)]
+        dist.broadcast_object_list(box, src=src)
+        errors = [box[0][0] if r == src else None for r in range(world)]
+        result = box[0][1]
+    for r, e in enumerate(errors):
+        if e is not None:
+            raise AgreedFailure(e if r == 0 else f"rank {r}: {e}")
+    return result
 
 
 def is_collective_failure(exc: BaseException) -> bool:
