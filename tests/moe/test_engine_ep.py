@@ -84,3 +84,27 @@ def test_engine_equals_reference_and_cost_model_dispatch(world: int, rule: str) 
     # every rank gathered the same numbers
     for other in results[1:]:
         np.testing.assert_array_equal(other[0][3], results[0][0][3])
+
+
+def _real_shape(rank: int, world: int) -> tuple[float, float]:
+    """One DeepSeek-V2-Lite-shaped layer (H 2048, F 1408, 64 experts, top-6, 2 shared) with replicas."""
+    spec = MoEModelSpec(
+        name="deepseek_v2_lite_shape", hidden_size=2048, ffn_size=1408, num_experts=64, top_k=6, num_layers=1,
+        num_heads=16, num_shared_experts=2, renormalize=False,
+    )  # fmt: skip
+    dctx = init_distributed(EngineOptions(backend="gloo", device="cpu", timeout_s=300))
+    placement = Placement([[list(range(40)), list(range(30, 64))]], num_experts=64)  # unequal, 10 replicas
+    model = ExpertParallelModel(
+        spec, placement, rank, 1, dctx.device, dctx.dtype, 64, "even", np.zeros(2, dtype=np.int64)
+    )
+    shape = ModelShape("d", num_experts=64, top_k=6, num_layers=1)
+    src = BatchSource(256, world, spec.hidden_size, 1, experts=generate_trace(shape, 512, seed=2).experts)
+    m = run_measurement(model, src, dctx, warmup=0, iters=1, barriers=True, check_reference=True, seed=1)
+    return m.max_abs_err, m.ref_max_abs
+
+
+@pytest.mark.slow
+def test_real_shape_layer_equals_reference() -> None:
+    err, scale = spawn_ranks(_real_shape, 2, timeout_s=600)[0]
+    assert scale > 0.1
+    assert err <= 1e-5 * scale, f"max abs err {err} vs reference magnitude {scale}"

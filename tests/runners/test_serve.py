@@ -112,3 +112,20 @@ def test_calibrate_on_cpu_writes_an_override_that_topologies_load(tmp_path: Path
     assert "compute_file" not in topo
     with pytest.raises(ConfigError, match="topology.compute_file"):
         apply_compute_file({"compute_file": str(tmp_path / "missing.yaml")})
+
+
+@pytest.mark.slow
+def test_serve_placements_preset_records_the_comparison(tmp_path: Path) -> None:
+    proc = serve("experiment=serve_placements", "engine.measure_iters=2", "placement_time_limit_s=5",
+                 f"hydra.run.dir={tmp_path}", timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "result.json").read_text())
+    m = rec["metrics"]
+    assert 0.0 <= m["model_rank_agreement"] <= 1.0 and m["placements_compared"] == 4
+    for label in ("contiguous", "eplb", "moetuner"):
+        assert m[f"{label}_dispatch_matches_cost_model"] == 1
+        assert m[f"{label}_max_abs_err_vs_reference"] < 1e-4
+        assert m[f"{label}_step_time_s"] > 0
+    assert any(k.startswith("best_") and k.endswith("_step_time_s") for k in m)
+    assert m["contiguous_layer_time_tail_reduction"] == 0.0
+    assert (tmp_path / "serve_placements.md").is_file()
