@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
 
 from common.errors import ConfigError
@@ -50,6 +52,10 @@ def test_two_rank_run_records_the_named_metrics(tmp_path: Path) -> None:
     assert rec["config"]["runtime"]["backend"] == "gloo"
     assert rec["config"]["runtime"]["device_names"] == ["cpu", "cpu"]
     assert {"placement.json", "engine.npz"} <= set(rec["artifacts"])
+    with np.load(tmp_path / "engine.npz") as z:  # rows and bytes per rank pair vs the cost model's dispatch
+        np.testing.assert_array_equal(z["sent_rows"], z["model_dispatch"])
+        np.testing.assert_array_equal(z["sent_bytes"], z["model_dispatch"] * 64 * 4)  # H=64, fp32
+        assert z["phase_s"].shape == (2, 2, 2, 3)  # ranks x iterations x layers x phases
 
 
 @pytest.mark.slow
@@ -67,8 +73,6 @@ def test_placement_for_another_model_stops_every_rank_with_one_line(tmp_path: Pa
 def _fault(cfg: dict, run_dir: str, roots: list[str]) -> None:
     """Rank 1 raises between collectives; rank 0 is left waiting in an all-reduce."""
     init_distributed(EngineOptions(backend="gloo", device="cpu", timeout_s=60))
-    import torch
-
     t = torch.ones(1)
     dist.all_reduce(t)
     if dist.get_rank() == 1:
