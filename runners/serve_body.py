@@ -167,6 +167,7 @@ def serve_one(
     metrics["world_size"] = float(dctx.world_size)
     placement.save(ctx.artifact("placement.json"))
     bpt = s.topology.bytes_per_token
+    metrics["dispatch_cross_rank_bytes"] = metrics["dispatch_cross_rank_tokens"] * bpt
     atomic_savez(ctx.artifact("engine.npz"), phase_s=meas.phase_s, step_s=meas.step_s, sent_rows=meas.sent,
                  sent_bytes=meas.sent * bpt, model_dispatch=report.dispatch, ids=meas.ids)  # fmt: skip
     ctx.logger.event(
