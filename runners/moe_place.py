@@ -29,6 +29,7 @@ from moe.placement.placer import PlacementProblem, Placer
 from moe.placement.simple import Contiguous
 from moe.stats import cross_layer_counts, expert_load
 from moe.topology import topology_from_config
+from runners.compute_file import apply_compute_file
 from runners.moe_inputs import load_traces
 
 # Metrics compared with the baseline: ``<name>_vs_contiguous`` = this / contiguous, and for the paper's
@@ -144,7 +145,7 @@ def run(ctx: RunContext) -> RunOutput:
     cfg = ctx.config
     log = ctx.log
     topology = topology_from_config(
-        with_model_dims(cfg.get("topology"), (cfg.get("trace") or {}).get("model"))
+        with_model_dims(apply_compute_file(cfg.get("topology")), (cfg.get("trace") or {}).get("model"))
     )
     options = eval_options_from_config(cfg.get("eval"))
     placer = make_placer(cfg)

@@ -69,6 +69,11 @@ FL_DATA = [
     "data/fl/usps.npz",
     "data/fl/mnist_test10k.npz",
 ]
+# The engine preset (4 local gloo ranks, tiny sizes): measured next to modelled reductions, and the agreement.
+SERVE_METRICS = [
+    "model_rank_agreement", "contiguous_step_time_s", "moetuner_layer_time_tail_reduction",
+    "moetuner_model_layer_time_tail_reduction", "paper_moetuner_a2a_time_tail_reduction",
+]  # fmt: skip
 # Full mode: the whole trace, each placement's own solver budget, paper-like batches, five seeds.
 MOE_FULL = [
     "trace.max_tokens=null",
@@ -78,6 +83,7 @@ MOE_FULL = [
 ]
 
 BENCHMARK_MODULES = [
+    "benchmarks.engine",
     "benchmarks.trace_stats",
     "benchmarks.cost_model",
     "benchmarks.ggeur",
@@ -120,6 +126,14 @@ STEPS: list[Step] = [
         data=[REAL_TRACE],
         data_sweeps=[0],
         offline=["trace=synthetic"],
+    ),
+    Step(
+        name="serve_placements",
+        runner="runners.serve",
+        sweeps=[["experiment=serve_placements"]],
+        by=["model.name", "trace.name"],
+        metrics=SERVE_METRICS,
+        full=["engine.measure_iters=20", "engine.batch_tokens=4096", "trace.tokens=65536"],
     ),
     Step(
         name="ggeur_label_skew",
