@@ -19,27 +19,45 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import install_schemas
-from common.errors import SuiteError
-from runners.hydra_entry import CONF_DIR, fail, hydra_cli, run_from_hydra, to_plain
+from common.errors import RecordError, SuiteError
+from common.log import announce
+from common.records import read_record
+from runners.hydra_entry import CONF_DIR, fail, hydra_cli, resume_roots, run_from_hydra, to_plain
+from runners.job_line import job_line
 from runners.serve_body import MOE_MODEL_TARGET, model_spec, serve_rank
 from runners.serve_calibrate import calibrate_body
 from runners.serve_compare import compare_rank
 from runners.serve_launch import env_rank, launch_local, run_rank, under_torchrun
-
-install_schemas("moe")
 
 RANK_FNS = {"serve": serve_rank, "compare": compare_rank}
 MODES = (*RANK_FNS, "calibrate")
 
 
 def _roots(cfg: Mapping[str, Any]) -> list[str]:
-    """Where ``resume=true`` looks for a finished record (as ``run_from_hydra`` does)."""
-    cwd = Path(HydraConfig.get().runtime.cwd)
-    if cfg.get("resume_dir"):
-        r = Path(cfg["resume_dir"])
-        return [str(r if r.is_absolute() else cwd / r)]
-    return [str(cwd / "multirun"), str(cwd / "outputs")]
+    """Where ``resume=true`` looks for a finished record: as ``run_from_hydra`` (this sweep's folder or
+    this run's, or a named ``resume_dir``)."""
+    hc = HydraConfig.get()
+    cwd = Path(hc.runtime.cwd)
+    sweep = _sweep_dir()
+    return [str(r) for r in resume_roots(cfg.get("resume_dir"), Path(hc.runtime.output_dir), sweep, cwd)]
+
+
+def _sweep_dir() -> Path | None:
+    hc = HydraConfig.get()
+    if str(hc.mode) != "RunMode.MULTIRUN":
+        return None
+    sweep = Path(hc.sweep.dir)
+    return sweep if sweep.is_absolute() else Path(hc.runtime.cwd) / sweep
+
+
+def _announce_done(run_dir: str) -> None:
+    """Rank 0's one line per job, as ``run_from_hydra`` prints for the other runners."""
+    hc = HydraConfig.get()
+    try:
+        record = read_record(run_dir)
+    except RecordError:
+        return
+    announce(job_line(record, hc.job.override_dirname or hc.job.name, _sweep_dir(), Path(run_dir)))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="serve", version_base="1.3")
@@ -59,6 +77,8 @@ def main(cfg: DictConfig) -> None:
     fn = RANK_FNS[mode]
     if under_torchrun():
         run_rank(fn, plain, run_dir, _roots(plain))
+        if env_rank() == 0:
+            _announce_done(run_dir)
         return
     nproc = plain.get("engine", {}).get("nproc", 1)
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
@@ -66,6 +86,7 @@ def main(cfg: DictConfig) -> None:
     status = launch_local(fn, nproc, plain, run_dir, _roots(plain))
     if status:
         raise SystemExit(status)
+    _announce_done(run_dir)
 
 
 def check_model_override(argv: list[str], conf_dir: str = CONF_DIR) -> None:
