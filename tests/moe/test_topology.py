@@ -96,7 +96,8 @@ def test_full_bandwidth_matrix_and_measured_compute():
         ({"intra_node_gbps": -1}, "topology.intra_node_gbps"),
         ({"inter_node_gbps": None}, "topology.inter_node_gbps"),
         ({"bandwidth_matrix": [[0, 1], [1, 0]]}, "topology.bandwidth_matrix"),
-        ({"compute": {"gpu_tflops": 100}}, "topology.compute"),
+        ({"compute": {"gpu_tflops": None}}, "topology.compute"),
+        ({"link_model": "mesh"}, "topology.link_model"),
         (
             {"compute": {"expert_flops_per_token": 1, "gpu_tflops": 1, "efficiency": 2}},
             "topology.compute.efficiency",
