@@ -12,7 +12,6 @@ from moe.cost_model import EvalOptions
 from moe.placement.base import Placement
 from moe.topology import Topology
 
-
 _MASK = (1 << 64) - 1
 
 

@@ -176,7 +176,7 @@ class FileTrace(TraceSource):
     """
 
     name: str = "file"
-    path: str = ""
+    path: str = "???"  # OmegaConf MISSING: required
     slot_order: str | None = None
     model: ModelDims = field(default_factory=ModelDims)
 
@@ -187,7 +187,7 @@ class FileTrace(TraceSource):
             if unknown:
                 raise ConfigError("model", f"unknown keys {sorted(unknown)}")
             object.__setattr__(self, "model", ModelDims(**dict(self.model)))
-        if not isinstance(self.path, str) or not self.path:
+        if not isinstance(self.path, str) or self.path in ("", "???"):
             raise ConfigError("path", f"expected the path of a trace .npz, got {self.path!r}")
         if self.slot_order is not None and self.slot_order not in SLOT_ORDERS:
             raise ConfigError(
