@@ -154,10 +154,12 @@ def route_table(placement: Placement, node_of: np.ndarray, rule: str = "local") 
     for li in range(num_layers):
         for ei in range(e):
             h = np.flatnonzero(holders[li, :, ei])
+            if rule == "even":  # the same candidates whatever the token's GPU
+                choice[li, :, ei, : h.size] = h
+                count[li, :, ei] = h.size
+                continue
             for s in range(g):
-                if rule == "even":
-                    cand = h
-                elif holders[li, s, ei]:
+                if holders[li, s, ei]:
                     cand = np.array([s])
                 else:
                     on_node = h[node_of[h] == node_of[s]]
@@ -608,3 +610,66 @@ def _report(
         batch_layer_mean_s=per_batch["layer_mean"],
         info=info,
     )
+
+
+class LayerModel:
+    """The cost model one layer at a time, for searches that change one layer's placement.
+
+    ``time(li, layer, src)`` replays layer ``li`` of ``experts`` with that layer's assignment ``layer``
+    (``layer[g]``: expert ids on GPU g) from token positions ``src``, and returns the MoE-layer tail time
+    summed over batches (dispatch + compute + combine, as ``CostReport.batch_layer_tail_s``) and the
+    positions after it. ``forward(assignment)`` chains all layers. Same rules as ``evaluate_placement``.
+    """
+
+    def __init__(
+        self, experts: np.ndarray, topology: Topology, options: EvalOptions, slot_order: str, num_experts: int
+    ) -> None:
+        experts = np.asarray(experts)
+        t_all = experts.shape[0]
+        self.n = min(options.batch_tokens or t_all, t_all)
+        self.nb = t_all // self.n
+        used = self.nb * self.n
+        self.by_layer = np.ascontiguousarray(experts[:used].transpose(1, 2, 0)).astype(np.int64)
+        self.tok = np.arange(used, dtype=np.int64)
+        self.start = _start_positions(self.tok % self.n, self.n, topology.num_gpus, options.first_layer_start)
+        self.topology, self.options, self.slot_order, self.num_experts = (
+            topology,
+            options,
+            slot_order,
+            num_experts,
+        )
+        self.fabric = Fabric.of(topology)
+        self.node_of = topology.node_of()
+
+    def time(self, li: int, layer: list[list[int]], src: np.ndarray) -> tuple[float, np.ndarray]:
+        """(seconds summed over batches, positions ``[T]`` after layer ``li``)."""
+        one = Placement([layer], num_experts=self.num_experts)
+        rp = _Replay(
+            routes=route_table(one, self.node_of, self.options.replica_choice),
+            fabric=self.fabric,
+            options=self.options,
+            slot_order=self.slot_order,
+            time_per_token_s=float(self.topology.time_per_token_s),
+            n=self.n,
+            nb=self.nb,
+            g=self.topology.num_gpus,
+        )
+        out = _replay_layer(rp, 0, self.by_layer[li], src, self.tok)
+        return float((out["disp_tail"] + out["tok_tail"] + out["comb_tail"]).sum()), out["nxt"]
+
+    def forward(
+        self, assignment: list[list[list[int]]], first: int = 0, src: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Times of layers ``first, first + 1, ...`` (one per entry of ``assignment``) from positions ``src``
+        (default: the start layout) and the positions entering each of them and after the last."""
+        pos = [self.start if src is None else src]
+        times = np.zeros(len(assignment))
+        for i, layer in enumerate(assignment):
+            times[i], nxt = self.time(first + i, layer, pos[-1])
+            pos.append(nxt)
+        return times, pos
+
+    @property
+    def positions_are_local(self) -> bool:
+        """True when a layer's change moves tokens only for the next layer (``even`` replicas or ``home``)."""
+        return self.options.replica_choice == "even" or self.options.token_movement == "home"

@@ -27,6 +27,7 @@ from moe.bound import fraction_of_bound, max_slots
 from moe.cost_model import CostReport, eval_options_from_config, evaluate_placement
 from moe.placement.base import Placement
 from moe.placement.placer import PlacementProblem, Placer
+from moe.placement.profiled import ProfiledProblem
 from moe.placement.simple import Contiguous
 from moe.stats import cross_layer_counts, expert_load
 from moe.topology import topology_from_config
@@ -143,7 +144,17 @@ def run(ctx: RunContext) -> RunOutput:
     load = expert_load(profile.experts, e)
     pairs = cross_layer_counts(profile.experts, e)
 
-    problem = PlacementProblem(load, pairs, topology.bandwidth_gbps(), topology.ranks_per_node, ctx.seed)
+    problem = ProfiledProblem(
+        load,
+        pairs,
+        topology.bandwidth_gbps(),
+        topology.ranks_per_node,
+        ctx.seed,
+        experts=profile.experts,
+        topology=topology,
+        options=options,
+        slot_order=profile.slot_order or "unordered",
+    )
     placement, wall = place_and_time(placer, problem)
     name = placer.table_label
     log.info(f"placement {name}: {wall:.3f} s; info {_short_info(placement.info)}")
