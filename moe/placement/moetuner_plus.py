@@ -208,7 +208,7 @@ class MoETunerPlus(Placer):
     time_limit_s: float = 60.0
     moetuner_share: float = 0.3
     max_joint_vars: int = 20000
-    search_tokens: int = 16384
+    search_tokens: int = 8192
     sweeps: int = 2
     random_moves: int = 6
 

@@ -70,3 +70,11 @@ def test_moetuner_plus_never_ends_slower_than_its_start_on_the_profile(trace):
     assert info["search"]["moves_tried"] > 0
     with pytest.raises(InputError, match="ProfiledProblem"):
         MoETunerPlus().place(PlacementProblem(problem.load, problem.pairs, problem.bandwidth, 4))
+
+
+def test_gpu_load_figure_is_written(tmp_path):
+    from moe.placement_plots import plot_gpu_loads
+
+    rng = np.random.default_rng(0)
+    out = plot_gpu_loads(rng.integers(1, 100, (6, 4)), rng.integers(40, 60, (6, 4)), tmp_path / "l.png", "t")
+    assert out.read_bytes()[:4] == b"\x89PNG"
