@@ -265,6 +265,7 @@ def record_trace(
         weights=np.concatenate(weights),
         prompt_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         meta=info,
+        slot_order="score",  # routers return their top-k sorted by gate score, highest first
     )
     return trace.validate("recorded trace")
 

@@ -31,7 +31,6 @@ from moe.engine.spec import EngineOptions, MoEModelSpec
 from moe.placement.base import Placement
 from moe.topology import Topology
 from moe.trace import Trace
-from runners.compute_file import apply_compute_file
 from runners.moe_inputs import load_traces
 
 BF16_TOLERANCE = 3e-2  # relative: bf16 keeps 8 bits of mantissa and the engine sums partials in another order
@@ -90,7 +89,7 @@ def setup(cfg: Mapping[str, Any], opts: EngineOptions, dctx: DistContext) -> Ser
     profile, evaluation = load_traces(trace_config(cfg, spec), int(cfg["seed"]))
     check_trace(evaluation, spec, opts.routing)
     topology = engine_topology(
-        apply_compute_file(cfg.get("topology") or {}), dctx.world_size, dctx.num_nodes, spec.hidden_size,
+        cfg.get("topology") or {}, dctx.world_size, dctx.num_nodes, spec.hidden_size,
         torch.finfo(dctx.dtype).bits // 8, spec.expert_flops_per_token,
     )  # fmt: skip
     rule = eval_options_from_config(cfg.get("eval")).replica_choice

@@ -3,7 +3,7 @@
 Measures one routed expert of the model's real shape for ``calibrate.token_counts`` tokens (CUDA events on a
 GPU; without one, on this CPU, and it says so), fits ``launch_s + per_token_s * n``, and writes
 ``compute.yaml``, a topology override that ``runners.moe`` / ``runners.serve`` load with
-``+topology.compute_file=<run dir>/compute.yaml``.
+``topology.compute_file=<run dir>/compute.yaml``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def calibrate_body(ctx: RunContext) -> RunOutput:
                         "token_counts": counts, "seconds": times},
     })  # fmt: skip
     atomic_write_text(
-        ctx.artifact("compute.yaml"), "# topology override: +topology.compute_file=<this file>\n" + text
+        ctx.artifact("compute.yaml"), "# topology override: topology.compute_file=<this file>\n" + text
     )
     metrics = {"calib_time_per_token_s": tpt, "calib_launch_s": fit.launch_s, "calib_per_token_s": fit.per_token_s,
                "calib_r2": fit.r2, "calib_on_gpu": float(device.type == "cuda"), "calib_typical_tokens": float(typical)}  # fmt: skip

@@ -27,7 +27,7 @@ def engine_topology(
 ) -> Topology:
     """The ``topology`` preset resized to this run: ``world_size`` EP ranks (one GPU each) on ``num_nodes``
     nodes, the model's hidden size, dtype and expert FLOPs (a measured ``time_per_token_s`` still wins)."""
-    cfg = {k: v for k, v in dict(topology_cfg).items() if k != "compute_file"}
+    cfg = dict(topology_cfg)
     compute = dict(cfg.get("compute") or {})
     compute["expert_flops_per_token"] = expert_flops_per_token
     cfg.update(

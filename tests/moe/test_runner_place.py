@@ -232,15 +232,19 @@ def test_trace_model_dims_replace_the_topology_values():
     import pytest
 
     from common.errors import ConfigError
-    from runners.moe_place import with_model_dims
+    from moe.topology import Topology
+    from moe.trace_source import FileTrace, trace_source
 
-    topo = {"hidden_size": 4096, "compute": {"expert_flops_per_token": 1, "gpu_tflops": 989}}
-    out = with_model_dims(topo, {"hidden_size": 2048, "expert_flops_per_token": 17301504})
-    assert out == {"hidden_size": 2048, "compute": {"expert_flops_per_token": 17301504, "gpu_tflops": 989}}
-    assert topo["hidden_size"] == 4096  # the input is not modified
-    assert with_model_dims(topo, None) is topo
+    topo = Topology(name="t", hidden_size=4096)
+    src = FileTrace(path="x.npz", model={"hidden_size": 2048, "expert_ffn": 1408})
+    out = src.topology_for(topo)
+    assert out.bytes_per_token == 2048 * 2 and out.compute.expert_flops_per_token == 6 * 2048 * 1408
+    assert topo.hidden_size == 4096  # the input is not modified
+    assert FileTrace(path="x.npz").topology_for(topo) is topo  # with a one-line warning
+    explicit = FileTrace(path="x.npz", model={"bytes_per_token": 1000, "expert_flops_per_token": 5e6})
+    assert explicit.topology_for(topo).bytes_per_token == pytest.approx(1000)
     with pytest.raises(ConfigError, match="trace.model"):
-        with_model_dims(topo, {"hidden": 1})
+        trace_source({"_target_": "moe.trace_source.FileTrace", "path": "x.npz", "model": {"hidden": 1}})
 
 
 def test_placement_label_names_variants_in_tables():

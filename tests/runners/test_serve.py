@@ -18,7 +18,7 @@ from common.errors import ConfigError
 from moe.engine.comm import init_distributed
 from moe.engine.spec import EngineOptions
 from moe.placement.simple import contiguous
-from runners.compute_file import apply_compute_file
+from moe.topology import topology_from_config
 from runners.serve import check_model_override, moe_model_options
 from runners.serve_body import model_spec
 from runners.serve_launch import launch_local
@@ -109,13 +109,10 @@ def test_calibrate_on_cpu_writes_an_override_that_topologies_load(tmp_path: Path
         assert "measuring on this CPU" in proc.stderr
     m = json.loads((tmp_path / "result.json").read_text())["metrics"]
     assert m["calib_per_token_s"] > 0 and m["calib_time_per_token_s"] >= m["calib_per_token_s"]
-    topo = apply_compute_file(
-        {"name": "x", "compute": {"gpu_tflops": 1}, "compute_file": str(tmp_path / "compute.yaml")}
-    )
-    assert topo["compute"] == {"time_per_token_s": pytest.approx(m["calib_time_per_token_s"])}
-    assert "compute_file" not in topo
+    topo = topology_from_config({"name": "x", "compute_file": str(tmp_path / "compute.yaml")})
+    assert topo.compute.time_per_token_s == pytest.approx(m["calib_time_per_token_s"])
     with pytest.raises(ConfigError, match="topology.compute_file"):
-        apply_compute_file({"compute_file": str(tmp_path / "missing.yaml")})
+        topology_from_config({"name": "x", "compute_file": str(tmp_path / "missing.yaml")})
 
 
 @pytest.mark.slow
