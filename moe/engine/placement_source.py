@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from common.config import build
 from common.errors import ConfigError, InputError
+from moe.cost_model import EvalOptions
 from moe.engine.spec import MoEModelSpec
 from moe.placement.base import Placement
-from moe.placement.placer import PlacementProblem, Placer
+from moe.placement.placer import Placer
+from moe.placement.profiled import ProfiledProblem
 from moe.stats import cross_layer_counts, expert_load
 from moe.topology import Topology
 from moe.trace import Trace
@@ -24,24 +24,35 @@ from moe.trace import Trace
 
 def make_placement(
     placement_cfg: Any,
-    profile: np.ndarray,
-    num_experts: int,
+    profile: Trace,
+    layers: int,
     topology: Topology,
     seed: int,
     time_cap_s: float | None,
+    replica_choice: str = "even",
 ) -> Placement:
-    """The ``placement`` config node built as a ``Placer`` and run on the profiled choices ``profile [T, L, k]``;
-    its ``time_limit_s`` (if any) capped at ``time_cap_s``. The placement is named by its table label."""
+    """The ``placement`` config node built as a ``Placer`` and run on the first ``layers`` layers of the
+    profiling trace; its ``time_limit_s`` (if any) capped at ``time_cap_s``. Named by its table label.
+
+    Placements that search the cost model (``moetuner_plus``) see the engine's replay rules: tokens return
+    home after every layer, replicas chosen by ``replica_choice``.
+    """
     placer = build(placement_cfg, "placement")
     if not isinstance(placer, Placer):
         raise ConfigError("placement", f"expected a placement (a Placer), got {type(placer).__name__}")
     placer = placer.with_time_cap(time_cap_s)
-    problem = PlacementProblem(
-        expert_load(profile, num_experts),
-        cross_layer_counts(profile, num_experts),
+    experts = profile.experts[:, :layers]
+    e = profile.num_experts
+    problem = ProfiledProblem(
+        expert_load(experts, e),
+        cross_layer_counts(experts, e),
         topology.bandwidth_gbps(),
         topology.ranks_per_node,
         seed,
+        experts=experts,
+        topology=topology,
+        options=EvalOptions(token_movement="home", replica_choice=replica_choice),
+        slot_order=profile.slot_order or "unordered",
     )
     placed = placer.place(problem)
     placed.name = placer.table_label
@@ -64,13 +75,12 @@ def serve_placement(
     topology: Topology,
     seed: int,
     time_cap_s: float | None = None,
+    replica_choice: str = "even",
 ) -> Placement:
-    """The placement of the first ``layers`` layers: from ``placement_file`` if set, else made by name."""
+    """The placement of the first ``layers`` layers: from ``placement_file`` if set, else from the config."""
     if placement_file:
         return truncate(load_file(placement_file), layers)
-    return make_placement(
-        placement_cfg, profile.experts[:, :layers], profile.num_experts, topology, seed, time_cap_s
-    )
+    return make_placement(placement_cfg, profile, layers, topology, seed, time_cap_s, replica_choice)
 
 
 def truncate(placement: Placement, layers: int) -> Placement:

@@ -136,7 +136,7 @@ def test_presets_sweep_every_placement_both_traces_and_seeds(name):
     assert cfg.topology.name == topo
     assert cfg.trace.max_tokens and cfg.placement_time_limit_s and cfg.eval.batch_tokens
     params = cfg.hydra.sweeper.params
-    assert params.placement.split(",") == [*PLACEMENTS, "moetuner_replicas"]
+    assert params.placement.split(",") == [*PLACEMENTS, "moetuner_replicas", "grace", "moetuner_plus"]
     assert params.trace.split(",") == ["synthetic", "deepseek_v2_lite"]
     assert len(str(params.seed).split(",")) >= 3
     for p in PLACEMENTS:
