@@ -27,12 +27,14 @@ class RunOutput:
     """What an experiment body returns.
 
     ``metrics``: flat name -> number. ``series``: name -> list of numbers (per round, per layer, ...),
-    ``series_step``: name -> the step's name (``round``, ``layer``) for each series.
+    ``series_step``: name -> the step's name (``round``, ``layer``) for each series. ``labels``: name -> text,
+    facts about the run that are not numbers (a solver's ``status``: ``optimal``, ``time_limit``, ...).
     """
 
     metrics: dict[str, float]
     series: dict[str, list[float]] = field(default_factory=dict)
     series_step: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,6 +143,7 @@ def _execute(
         metrics=dict(output.metrics),
         series={k: list(map(float, v)) for k, v in output.series.items()},
         series_step=dict(output.series_step),
+        labels={k: str(v) for k, v in output.labels.items()},
         seed=cfg["seed"],
         started=started,
         duration_s=round(time.perf_counter() - t0, 6),

@@ -65,8 +65,15 @@ def _record_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         "topology": str(cfg["topology"]["name"]),
         "placement": placement_label(cfg["placement"]),
         "seed": rec.get("seed"),
+        "status": str((rec.get("labels") or {}).get("status") or ""),
     }
     return row | {m: _finite_or_nan(rec["metrics"].get(m)) for m in TABLE_METRICS}
+
+
+def status_counts(statuses: pd.Series) -> str:
+    """How the seeds' solves ended, e.g. ``optimal 2, time_limit 1``; empty for placements without a solver."""
+    counts = statuses[statuses != ""].value_counts()
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
 
 
 def comparison_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -83,6 +90,7 @@ def comparison_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     keys = ["trace", "topology", "placement"]
     grouped = frame.groupby(keys, sort=True)
     table = grouped["seed"].nunique().rename("seeds").to_frame()
+    table["status"] = grouped["status"].agg(status_counts)
     for m in TABLE_METRICS:
         stats = grouped[m].agg(lambda v: mean_std(v))
         table[f"{m}_mean"] = [ms[0] for ms in stats]
@@ -117,6 +125,7 @@ def rows_to_markdown(table: pd.DataFrame) -> str:
     """A Markdown table: ours (mean ± std over seeds) with the paper's number in brackets where it has one."""
     shown = table[["trace", "topology", "placement"]].copy()
     shown["seeds"] = table["seeds"].astype(str)
+    shown["status"] = table["status"]
     for m in TABLE_METRICS:
         cells = []
         for _, row in table.iterrows():

@@ -181,7 +181,9 @@ def run(ctx: RunContext) -> RunOutput:
     series = report.layer_series()
     series["contiguous_layer_time_tail_s"] = base_report.layer_series()["layer_time_tail_s"]
     series["contiguous_cross_gpu_tokens"] = base_report.layer_series()["cross_gpu_tokens"]
-    return RunOutput(metrics=metrics, series=series, series_step={k: "layer" for k in series})
+    status = (placement.info or {}).get("status")
+    labels = {"status": status} if isinstance(status, str) and status else {}
+    return RunOutput(metrics=metrics, series=series, series_step={k: "layer" for k in series}, labels=labels)
 
 
 def _short_info(info: Mapping[str, Any]) -> str:

@@ -103,9 +103,14 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 
 
 def test_solver_placement_reports_gap_and_is_capped(tmp_path):
-    m = place(tmp_path, "moetuner", "+placement_time_limit_s=3", "trace.max_tokens=3000")["metrics"]
+    rec = place(tmp_path, "moetuner", "+placement_time_limit_s=3", "trace.max_tokens=3000")
+    m = rec["metrics"]
     assert "gap" in m and m["solve_time_s"] >= 0
     assert m["place_time_s"] < 3 + 10  # the cap reaches the solver (generous margin for set-up)
+    assert rec["labels"]["status"] in ("optimal", "feasible", "time_limit")  # top-level, for tables
+    assert m[f"status_{rec['labels']['status']}"] == 1.0
+    rows = comparison_rows([rec]).to_dict("records")
+    assert rows[0]["status"] == f"{rec['labels']['status']} 1"
 
 
 def test_bad_topology_fails_before_any_output(tmp_path):
