@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import pandas as pd
 
 from common.aggregate import mean_std
 from common.atomic import atomic_write_text
+from common.plots import bar_plot
 from moe.paper_numbers import PAPER_METRICS, paper_value
+from moe.placement_plots import plot_gpu_loads_from_costs
 
 # Our metrics in the table, in column order (all from the run record's ``metrics``).
 TABLE_METRICS = (
@@ -30,6 +33,7 @@ TABLE_METRICS = (
     "speedup_vs_contiguous",
     "balancedness_mean",
     "cross_gpu_tokens_vs_contiguous",
+    "layer_time_tail_s",
 )  # wall-clock solve times are machine-dependent: results/<mode>/timings/, not these tracked tables
 PERCENT = {m for m in TABLE_METRICS if m.endswith("_reduction")}
 CSV_NAME = "moe_comparison.csv"
@@ -155,3 +159,43 @@ def moe_comparison_table(records: Iterable[Mapping[str, Any]], out: str | os.Pat
         atomic_write_text(out_dir / CSV_NAME, table.to_csv(index=False, na_rep="")),
         atomic_write_text(out_dir / MD_NAME, rows_to_markdown(table)),
     ]
+
+
+def moe_comparison_report(records: Iterable[Mapping[str, Any]], out: str | os.PathLike[str]) -> list[Path]:
+    """The comparison table (``moe_comparison_table``) and two figures in ``out``:
+
+    - ``layer_time.png``: the modelled MoE-layer time (tail over GPUs, summed over layers) of every placement,
+      mean ± std over seeds, per trace;
+    - ``gpu_load_<trace>.png``: per-layer GPU load under contiguous and under the fastest placement (its
+      lowest seed), from that run's ``costs.npz``.
+    """
+    records = list(records)
+    paths = moe_comparison_table(records, out)
+    table = comparison_rows(records)
+    if table.empty:
+        return paths
+    out_dir = Path(out)
+    paths.append(bar_plot(table, ["trace", "placement"], "layer_time_tail_s", out_dir / "layer_time.png",
+                          title="modelled MoE-layer time (s, lower is better)"))  # fmt: skip
+    for trace, rows in table.groupby("trace", sort=True):
+        best = rows.sort_values("speedup_vs_contiguous_mean", kind="stable").iloc[-1]["placement"]
+        run = _lowest_seed_run(records, trace, best)
+        costs = Path(run["path"]).parent / "costs.npz" if run and run.get("path") else None
+        if costs is not None and costs.is_file():
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(trace))
+            paths.append(plot_gpu_loads_from_costs(costs, out_dir / f"gpu_load_{name}.png",
+                                                   f"{trace}: contiguous (left) vs {best} (right)"))  # fmt: skip
+    return paths
+
+
+def _lowest_seed_run(
+    records: list[Mapping[str, Any]], trace: str, placement: str
+) -> Mapping[str, Any] | None:
+    runs = [
+        r
+        for r in records
+        if _is_place_record(r)
+        and trace_label(r["config"].get("trace", {})) == trace
+        and placement_label(r["config"]["placement"]) == placement
+    ]
+    return min(runs, key=lambda r: r.get("seed", 0), default=None)

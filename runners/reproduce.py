@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"- {p.relative_to(out_root) if p.is_relative_to(out_root) else p}" for p in written
         )
         atomic_write_text(
-            out_root / args.mode / "INDEX.md", f"# Tables written by `reproduce {args.mode}`\n\n{index}\n"
+            out_root / args.mode / "INDEX.md",
+            f"# Tables and figures written by `reproduce {args.mode}`\n\n{index}\n",
         )
         print(f"\nTables ({args.mode}) under {out_root / args.mode}:")
         for p in written:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedgeo.report import fed_comparison_table
-from moe.report import moe_comparison_table
+from moe.report import moe_comparison_report
 
 Report = Callable[[list[dict], Path], list[Path]]
 
@@ -108,7 +108,7 @@ STEPS: list[Step] = [
         metrics=MOE_METRICS,
         timings=MOE_TIMINGS,
         full=MOE_FULL,
-        report=moe_comparison_table,
+        report=moe_comparison_report,
         data=[REAL_TRACE],
         data_sweeps=[0],
         offline=["trace=synthetic"],
@@ -121,7 +121,7 @@ STEPS: list[Step] = [
         metrics=MOE_METRICS,
         timings=MOE_TIMINGS,
         full=MOE_FULL,
-        report=moe_comparison_table,
+        report=moe_comparison_report,
         data=[REAL_TRACE],
         data_sweeps=[0],
         offline=["trace=synthetic"],

@@ -17,7 +17,7 @@ from common.errors import ConfigError
 from common.experiment import run_experiment
 from moe.paper_numbers import PAPER_RESULTS
 from moe.placement.base import Placement
-from moe.report import comparison_rows, moe_comparison_table
+from moe.report import comparison_rows, moe_comparison_report, moe_comparison_table
 from runners.hydra_entry import CONF_DIR
 from runners.moe_place import make_placer, run
 from tests.conftest import needs_real_trace
@@ -201,6 +201,18 @@ def test_comparison_table_from_real_run_records(tmp_path):
         ("synthetic:mixtral_8x7b", "greedy", 2),
     ]
     assert rows[0]["speedup_vs_contiguous_mean"] == 1.0
+    runs = [(name, s) for name in ("contiguous", "greedy") for s in (0, 1)]  # as ``records`` was made
+    for rec, (name, seed) in zip(records, runs, strict=True):
+        rec["path"] = str(tmp_path / f"{name}-{seed}" / "result.json")
+    written = moe_comparison_report(records, tmp_path / "report")
+    names = sorted(p.name for p in written)
+    assert names == [
+        "gpu_load_synthetic_mixtral_8x7b.png",
+        "layer_time.png",
+        "moe_comparison.csv",
+        "moe_comparison.md",
+    ]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written if p.suffix == ".png")
 
 
 @pytest.mark.slow
