@@ -29,6 +29,7 @@ from common.errors import SuiteError
 from common.experiment import RunContext, RunOutput, run_experiment
 from common.log import announce, set_console_level
 from common.records import RunRecord
+from common.threads import limit_threads
 from runners.job_line import job_line
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -160,6 +161,7 @@ def hydra_cli(main: Callable[[], Any]) -> None:
     os.environ["SUITE_LOG_LEVEL"] = "INFO" if verbose else os.environ.get("SUITE_LOG_LEVEL", "WARNING")
     set_console_level(os.environ["SUITE_LOG_LEVEL"])
     check_group_overrides(sys.argv[1:])
+    limit_threads()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let the errors reach this function instead of Hydra's printer
     try:
         main()
