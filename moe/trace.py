@@ -286,6 +286,11 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     if not p.is_file():
         raise InputError(f"{where}: trace file not found")
     raw: dict[str, np.ndarray] = {}
+    if not zipfile.is_zipfile(p):
+        raise InputError(
+            f"{where}: not an .npz archive (an .npz is a zip of .npy arrays, e.g. from numpy.savez_compressed; "
+            "see docs/traces.md for the keys a trace needs)"
+        )
     try:
         with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             for key in z.files:
@@ -293,7 +298,8 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise InputError(f"{where}: not a readable .npz trace (truncated or corrupt file: {exc})") from exc
     except ValueError as exc:  # pickled objects, bad array headers
-        raise InputError(f"{where}: not a valid .npz trace ({exc})") from exc
+        first = str(exc).split(". ")[0]
+        raise InputError(f"{where}: not a valid .npz trace (an array could not be read: {first})") from exc
     for key in ("experts", "num_experts"):
         if key not in raw:
             raise InputError(f"{where}: missing key '{key}' (found {sorted(raw)})")
