@@ -6,7 +6,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from common.threads import limit_threads
+
 T = TypeVar("T")
+limit_threads()  # every benchmark imports this module: one BLAS / torch thread (SUITE_THREADS) unless set
 
 
 def timed(fn: Callable[[], T], repeats: int) -> tuple[float, T]:

@@ -66,6 +66,7 @@ def load_records(roots: Iterable[str | os.PathLike[str]]) -> tuple[list[LoadedRe
             problems.append(str(exc))
             continue
         flat = flatten(rec.config)
+        flat.update(flatten(rec.labels, "labels."))
         flat.setdefault("suite", rec.suite)
         loaded.append(LoadedRecord(path=path, record=rec, flat=flat))
     return loaded, problems

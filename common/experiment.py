@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import ConfigError
-from common.log import RunLogger, get_logger, make_run_logger
+from common.log import RunLogger, announce, get_logger, make_run_logger
 from common.records import RunRecord, config_hash, find_complete_record, git_sha, write_record
 from common.seeding import seed_everything
 
@@ -27,12 +27,14 @@ class RunOutput:
     """What an experiment body returns.
 
     ``metrics``: flat name -> number. ``series``: name -> list of numbers (per round, per layer, ...),
-    ``series_step``: name -> the step's name (``round``, ``layer``) for each series.
+    ``series_step``: name -> the step's name (``round``, ``layer``) for each series. ``labels``: name -> text,
+    facts about the run that are not numbers (a solver's ``status``: ``optimal``, ``time_limit``, ...).
     """
 
     metrics: dict[str, float]
     series: dict[str, list[float]] = field(default_factory=dict)
     series_step: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,6 +97,7 @@ def run_experiment(
         if done is not None:
             return done
     run_logger = make_run_logger(cfg.get("logger"), out_dir, cfg, default_group=group, default_name=name)
+    run_logger.capture_logs()
     try:
         record = _execute(cfg, suite, body, out_dir, run_logger, chash)
     except BaseException:
@@ -115,7 +118,7 @@ def resume_from(roots: Sequence[str | os.PathLike[str]], chash: str, out_dir: Pa
     if path.resolve() != (out_dir / "result.json").resolve():
         rec = replace(rec, resumed_from=str(path))
         write_record(out_dir, rec)
-    get_logger("run").info(f"resume: config {chash} already complete in {path.parent}; skipped")
+    announce(f"skipped: a complete record of this config ({chash}) is in {path.parent}")
     return rec
 
 
@@ -140,6 +143,7 @@ def _execute(
         metrics=dict(output.metrics),
         series={k: list(map(float, v)) for k, v in output.series.items()},
         series_step=dict(output.series_step),
+        labels={k: str(v) for k, v in output.labels.items()},
         seed=cfg["seed"],
         started=started,
         duration_s=round(time.perf_counter() - t0, 6),

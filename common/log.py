@@ -22,17 +22,20 @@ from common.config import build, rekey, schema
 from common.errors import ConfigError
 
 _ROOT = "suite"
+_CONSOLE = "suite-console"
+_ECHO = "echo"  # the logger of ConsoleSink: metrics and events the JSONL sink records itself
 LOGGER_KINDS = ("none", "wandb_offline", "wandb")
 
 
 def get_logger(name: str | None = None) -> logging.Logger:
     """A child of the ``suite`` logger; the first call installs the rich console handler.
 
-    The level comes from ``SUITE_LOG_LEVEL`` (default ``INFO``).
+    The console shows ``SUITE_LOG_LEVEL`` and above (default ``INFO``; the runners lower it to ``WARNING``
+    unless ``-v`` or ``log.level`` asks for more, see ``set_console_level``). The logger itself passes INFO
+    on, so that a run's ``events.jsonl`` keeps the details the console does not show.
     """
     root = logging.getLogger(_ROOT)
     if not getattr(root, "_suite_configured", False):
-        root.setLevel(os.environ.get("SUITE_LOG_LEVEL", "INFO").upper())
         try:
             from rich.console import Console
             from rich.logging import RichHandler
@@ -47,10 +50,46 @@ def get_logger(name: str | None = None) -> logging.Logger:
         except ImportError:  # pragma: no cover - rich is a dependency
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.set_name(_CONSOLE)
         root.addHandler(handler)
         root.propagate = False
         root._suite_configured = True  # type: ignore[attr-defined]
+        set_console_level(os.environ.get("SUITE_LOG_LEVEL", "INFO"))
     return root if not name else root.getChild(name)
+
+
+def set_console_level(level: str) -> None:
+    """Show ``level`` and above on the console (``debug``, ``info``, ``warning``, ``error``)."""
+    root = logging.getLogger(_ROOT)
+    value = logging.getLevelName(level.upper())
+    if not isinstance(value, int):
+        raise ConfigError("log.level", f"expected one of debug, info, warning, error, got {level!r}")
+    for handler in root.handlers:
+        if handler.get_name() == _CONSOLE:
+            handler.setLevel(value)
+    root.setLevel(min(value, logging.INFO))
+
+
+def announce(text: str) -> None:
+    """A line the user always sees, whatever the console level: one per job, resume notices."""
+    print(text, file=sys.stderr, flush=True)
+
+
+class JsonlLogHandler(logging.Handler):
+    """Copies the suite's log records of one run into its ``events.jsonl`` (``kind: log``)."""
+
+    def __init__(self, sink: JsonlSink) -> None:
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == f"{_ROOT}.{_ECHO}":  # the console's echo of what the sinks already hold
+            return
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not break the run
+            message = str(record.msg)
+        self.sink.event("log", {"level": record.levelname.lower(), "logger": record.name, "message": message})
 
 
 class Sink(Protocol):
@@ -75,7 +114,7 @@ class ConsoleSink:
     """Per-step lines and the final summary on the console logger."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
-        self.logger = logger or get_logger("run")
+        self.logger = logger or get_logger(_ECHO)
 
     def log(self, metrics: Mapping[str, float], step: int | None, step_name: str) -> None:
         head = f"{step_name} {step}: " if step is not None else ""
@@ -199,10 +238,18 @@ class RunLogger:
         for s in self.sinks:
             s.event(kind, data)
 
+    def capture_logs(self) -> None:
+        """From now until ``finish``, copy the suite's log records into this run's JSONL sinks."""
+        self._handlers = [JsonlLogHandler(s) for s in self.sinks if isinstance(s, JsonlSink)]
+        for h in self._handlers:
+            get_logger().addHandler(h)
+
     def finish(self, status: str = "complete") -> None:
         if self._finished:
             return
         self._finished = True
+        for h in getattr(self, "_handlers", []):
+            get_logger().removeHandler(h)
         for s in self.sinks:
             s.finish(status)
 

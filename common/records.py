@@ -11,6 +11,7 @@ Schema (``SCHEMA``)::
       "metrics": {"name": number | null, ...},   # flat; null = undefined (0/0) or non-finite
       "series": {"name": [number, ...], ...},    # optional per-round / per-layer lists
       "series_step": {"name": "round" | "layer" | ...},
+      "labels": {"name": "text", ...},           # facts that are not numbers, e.g. a solver's "status"
       "seed": int,
       "git_sha": "hex" | null,
       "started": "ISO-8601 UTC",
@@ -39,7 +40,9 @@ SCHEMA = "suite.run/1"
 RECORD_NAME = "result.json"
 SUITES = ("moe", "serve", "fed")
 # Keys that do not change what a run computes, so they do not enter the config hash.
-NON_SEMANTIC_KEYS = frozenset({"hydra", "logger", "resume", "resume_dir", "paths", "progress", "sweep_name"})
+NON_SEMANTIC_KEYS = frozenset(
+    {"hydra", "logger", "log", "resume", "resume_dir", "paths", "progress", "sweep_name"}
+)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class RunRecord:
     duration_s: float
     series: dict[str, list[float]] = field(default_factory=dict)
     series_step: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
     git_sha: str | None = None
     config_hash: str = ""
     artifacts: list[str] = field(default_factory=list)
@@ -156,6 +160,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "series": (dict,),
     "series_step": (dict,),
+    "labels": (dict,),
     "artifacts": (list,),
     "duration_s": (int, float),
 }

@@ -6,9 +6,10 @@ The rules (documented with examples in ``docs/cost_model.md``):
   the token copies it processes. Compute time of a GPU = load x ``topology.time_per_token_s``.
 - Token position: before layer 0 a batch's tokens are laid out by ``first_layer_start`` (``uniform``: the
   batch in ``G`` contiguous equal blocks, data-parallel order; ``round_robin``: token i on GPU ``i % G``).
-  After layer l, ``token_movement`` decides where a token is: ``follow`` (default, MoETuner's premise) on the
-  GPU that processed its top-1 expert (the first expert in the trace's router order); ``home``: back on the
-  GPU it started on (Megatron-style combine to the source).
+  After layer l, ``token_movement`` decides where a token is: ``follow`` (default, MoETuner's premise) on
+  the GPU of its top-1 expert when the trace's ``slot_order`` is ``score``, and on the GPU that processed most
+  of its copies when it is ``unordered`` (ties broken by a per-token hash, never by GPU or expert id), so no
+  rule depends on an accident of slot order; ``home``: back on the GPU it started on (Megatron-style combine).
 - Replicas (``replica_choice``): ``even`` (default) spreads an expert's tokens evenly over all its replicas
   (token t takes candidate ``t % n``), the split that EPLB-style balancers plan for and that serving engines
   make; ``local``: a token on GPU s picks the replica on s if there is one, else the replicas on s's node,
@@ -17,9 +18,10 @@ The rules (documented with examples in ``docs/cost_model.md``):
   with ``dedupe_dispatch`` once per destination GPU (engines dedupe), else once per copy. Sending to itself
   is local (counted on the diagonal, never timed). Combine (after the experts): each GPU that processed some
   of t's copies sends one partial result (or one per copy without dedupe) to t's next position.
-- Links: ordered pairs of GPUs, all in parallel; the time of a link in a phase = bytes / bandwidth; with a
-  NIC model a cross-node transfer also waits for its ranks' NIC (egress of the sender, ingress of the
-  receiver). A phase ends when its slowest link ends (the communication tail).
+- Links (``Fabric``): a transfer takes bytes / the bandwidth of its GPU pair; with ``link_model=shared`` it
+  also waits for its sender's and receiver's shared budgets (all of that rank's intra-node bytes over its
+  switch ports, or all its cross-node bytes over its NIC). A phase ends when the slowest of links, senders
+  and receivers ends (the communication tail). ``link_model=pairwise`` keeps only the pair links.
 - Per batch of N tokens and per layer: token-processing tail = the slowest GPU's compute time; mean = the mean
   over tokens of the compute finish time of the slowest GPU holding one of its experts. All-to-all tail =
   dispatch tail + combine tail; mean = the mean over tokens of (its slowest dispatch link + its slowest
@@ -33,33 +35,28 @@ Everything is vectorised over tokens (``bincount`` and gathers); the only Python
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from common.config import rekey, schema
 from common.errors import ConfigError, InputError
 from common.progress import track
 from moe.placement.base import Placement
-from moe.topology import GB, Topology
+from moe.topology import Topology
 
 FIRST_LAYER_STARTS = ("uniform", "round_robin")
 TOKEN_MOVEMENTS = ("follow", "home")
 REPLICA_CHOICES = ("even", "local")
-_EVAL_KEYS = {
-    "batch_tokens",
-    "first_layer_start",
-    "token_movement",
-    "dedupe_dispatch",
-    "percentiles",
-    "replica_choice",
-}
+SLOT_ORDERS = ("score", "unordered")
 
 
 # ---------------------------------------------------------------------- options
+@schema("eval", "default")
 @dataclass(frozen=True)
 class EvalOptions:
-    """How the trace is replayed; see the module docstring.
+    """How the trace is replayed (config group ``eval``); see the module docstring.
 
     Attributes:
         batch_tokens: tokens per simulated batch (iteration); ``None``: the whole trace is one batch. Tokens
@@ -81,45 +78,42 @@ class EvalOptions:
     def __post_init__(self) -> None:
         bt = self.batch_tokens
         if bt is not None and (isinstance(bt, bool) or not isinstance(bt, int | np.integer) or bt < 1):
-            raise ConfigError("eval.batch_tokens", f"expected a positive integer or null, got {bt!r}")
-        if self.first_layer_start not in FIRST_LAYER_STARTS:
-            raise ConfigError(
-                "eval.first_layer_start",
-                f"expected one of {list(FIRST_LAYER_STARTS)}, got {self.first_layer_start!r}",
-            )
-        if self.replica_choice not in REPLICA_CHOICES:
-            raise ConfigError(
-                "eval.replica_choice", f"expected one of {list(REPLICA_CHOICES)}, got {self.replica_choice!r}"
-            )
-        if self.token_movement not in TOKEN_MOVEMENTS:
-            raise ConfigError(
-                "eval.token_movement", f"expected one of {list(TOKEN_MOVEMENTS)}, got {self.token_movement!r}"
-            )
+            raise ConfigError("batch_tokens", f"expected a positive integer or null, got {bt!r}")
+        for key, allowed in (
+            ("first_layer_start", FIRST_LAYER_STARTS),
+            ("replica_choice", REPLICA_CHOICES),
+            ("token_movement", TOKEN_MOVEMENTS),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(key, f"expected one of {list(allowed)}, got {getattr(self, key)!r}")
         if not isinstance(self.dedupe_dispatch, bool):
-            raise ConfigError("eval.dedupe_dispatch", f"expected true or false, got {self.dedupe_dispatch!r}")
+            raise ConfigError("dedupe_dispatch", f"expected true or false, got {self.dedupe_dispatch!r}")
+        ps = self.percentiles
+        if not isinstance(ps, Sequence) or isinstance(ps, str):
+            raise ConfigError("percentiles", f"expected a list of numbers, got {ps!r}")
+        object.__setattr__(self, "percentiles", tuple(ps))
         for p in self.percentiles:
             if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 100:
-                raise ConfigError(
-                    "eval.percentiles", f"expected numbers in [0, 100], got {list(self.percentiles)}"
-                )
+                raise ConfigError("percentiles", f"expected numbers in [0, 100], got {list(ps)}")
+
+
+_EVAL_KEYS = {f.name for f in fields(EvalOptions)}
 
 
 def eval_options_from_config(cfg: Mapping[str, Any] | None) -> EvalOptions:
-    """``EvalOptions`` from an ``eval`` config node (plain dict; missing keys take the defaults)."""
+    """``EvalOptions`` from a plain ``eval`` config node (``_target_`` optional; missing keys: defaults)."""
     if cfg is None:
         return EvalOptions()
     if not isinstance(cfg, Mapping):
         raise ConfigError("eval", f"expected a mapping, got {type(cfg).__name__}")
-    unknown = set(cfg) - _EVAL_KEYS
+    kwargs = {k: v for k, v in cfg.items() if k not in ("_target_", "defaults")}
+    unknown = set(kwargs) - _EVAL_KEYS
     if unknown:
         raise ConfigError("eval", f"unknown keys {sorted(unknown)}; allowed: {sorted(_EVAL_KEYS)}")
-    kwargs = dict(cfg)
-    if "percentiles" in kwargs:
-        ps = kwargs["percentiles"]
-        if not isinstance(ps, Sequence) or isinstance(ps, str):
-            raise ConfigError("eval.percentiles", f"expected a list of numbers, got {ps!r}")
-        kwargs["percentiles"] = tuple(ps)
-    return EvalOptions(**kwargs)
+    try:
+        return EvalOptions(**kwargs)
+    except ConfigError as exc:
+        raise rekey(exc, "eval") from None
 
 
 # ---------------------------------------------------------------------- replicas
@@ -160,10 +154,12 @@ def route_table(placement: Placement, node_of: np.ndarray, rule: str = "local") 
     for li in range(num_layers):
         for ei in range(e):
             h = np.flatnonzero(holders[li, :, ei])
+            if rule == "even":  # the same candidates whatever the token's GPU
+                choice[li, :, ei, : h.size] = h
+                count[li, :, ei] = h.size
+                continue
             for s in range(g):
-                if rule == "even":
-                    cand = h
-                elif holders[li, s, ei]:
+                if holders[li, s, ei]:
                     cand = np.array([s])
                 else:
                     on_node = h[node_of[h] == node_of[s]]
@@ -214,6 +210,10 @@ class CostReport:
     info: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ derived
+    @property
+    def num_layers_evaluated(self) -> int:
+        return int(self.tokens_per_gpu.shape[0])
+
     @property
     def num_batches(self) -> int:
         return int(self.batch_token_tail_s.shape[0])
@@ -322,7 +322,9 @@ def _pct_name(p: float) -> str:
 
 
 # ---------------------------------------------------------------------- the model
-def _check_inputs(experts: np.ndarray, placement: Placement, topology: Topology) -> None:
+def _check_inputs(experts: np.ndarray, placement: Placement, topology: Topology, slot_order: str) -> None:
+    if slot_order not in SLOT_ORDERS:
+        raise InputError(f"cost model: slot_order must be one of {list(SLOT_ORDERS)}, got {slot_order!r}")
     if experts.ndim != 3:
         raise InputError(f"cost model: experts must be [tokens, layers, top_k], got shape {experts.shape}")
     if not np.issubdtype(experts.dtype, np.integer):
@@ -346,22 +348,55 @@ def _check_inputs(experts: np.ndarray, placement: Placement, topology: Topology)
         )
 
 
-def _pair_times(
-    m: np.ndarray, bytes_per_token: float, inv_bw: np.ndarray, cross: np.ndarray, nic_bps: float | None
-) -> np.ndarray:
-    """Seconds each transfer of one phase takes, ``[B, G, G]`` from token counts ``m [B, G, G]``.
+@dataclass(frozen=True)
+class Fabric:
+    """What a phase's transfers cost on ``topology``: per-byte link times and the shared per-rank budgets.
 
-    A link's time is its bytes / bandwidth; with a NIC model a cross-node pair also waits for the sender's
-    egress and the receiver's ingress (all cross-node bytes of that rank / ``nic_bps``). Diagonal = 0.
+    Attributes:
+        inv_bw: float ``[G, G]`` seconds per byte of every path (0 on the diagonal).
+        cross: bool ``[G, G]`` pairs on different nodes.
+        intra: bool ``[G, G]`` distinct pairs on one node.
+        bytes_per_token: bytes of one transfer.
+        intra_bps, nic_bps: bytes/s per direction that a rank's intra-node (switch ports) and cross-node
+            (NIC) traffic share; ``None``: not limited.
     """
-    t = m * (bytes_per_token * inv_bw)
-    if nic_bps is None or not cross.any():
+
+    inv_bw: np.ndarray
+    cross: np.ndarray
+    intra: np.ndarray
+    bytes_per_token: float
+    intra_bps: float | None
+    nic_bps: float | None
+
+    @classmethod
+    def of(cls, topology: Topology) -> Fabric:
+        cross = topology.cross_node()
+        return cls(
+            inv_bw=topology.inverse_bandwidth_s_per_byte(),
+            cross=cross,
+            intra=~cross & ~np.eye(topology.num_gpus, dtype=bool),
+            bytes_per_token=float(topology.bytes_per_token),
+            intra_bps=topology.rank_intra_bytes_per_s(),
+            nic_bps=topology.rank_nic_bytes_per_s(),
+        )
+
+    def transfer_times(self, m: np.ndarray) -> np.ndarray:
+        """Seconds each transfer of one phase takes, ``[B, G, G]`` from token counts ``m [B, G, G]``.
+
+        A transfer ends when the slowest of its path (bytes / bandwidth), its sender's budget and its
+        receiver's budget (all that rank's intra-node, or cross-node, bytes / the budget) ends; the phase's
+        tail, the max over transfers, is thus the slowest of links, senders and receivers. Diagonal = 0.
+        """
+        bpt = self.bytes_per_token
+        t = m * (bpt * self.inv_bw)
+        for mask, bps in ((self.intra, self.intra_bps), (self.cross, self.nic_bps)):
+            if bps is None or not mask.any():
+                continue
+            xm = m * mask
+            send = xm.sum(axis=2) * (bpt / bps)  # [B, G]
+            recv = xm.sum(axis=1) * (bpt / bps)  # [B, G]
+            t = np.where(xm > 0, np.maximum(t, np.maximum(send[:, :, None], recv[:, None, :])), t)
         return t
-    xm = m * cross
-    egress = xm.sum(axis=2) * (bytes_per_token / nic_bps)  # [B, G]
-    ingress = xm.sum(axis=1) * (bytes_per_token / nic_bps)  # [B, G]
-    nic = np.maximum(egress[:, :, None], ingress[:, None, :])
-    return np.where((xm > 0), np.maximum(t, nic), t)
 
 
 def _start_positions(pos_in_batch: np.ndarray, batch: int, num_gpus: int, rule: str) -> np.ndarray:
@@ -371,102 +406,188 @@ def _start_positions(pos_in_batch: np.ndarray, batch: int, num_gpus: int, rule: 
     return pos_in_batch % num_gpus
 
 
+def token_hash(keys: np.ndarray) -> np.ndarray:
+    """uint64 SplitMix64 of integer ``keys`` (any shape): a fixed pseudo-random tie-break."""
+    z = keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def majority_gpu(dest: np.ndarray, tok: np.ndarray, num_gpus: int) -> np.ndarray:
+    """int64 ``[T]``: per token, the GPU that processed most of its copies ``dest [k, T]``.
+
+    Ties go to the tied GPU with the largest ``token_hash(token * G + gpu)``: the choice depends on neither
+    the order of the slots nor on which GPU or expert has the smaller id.
+    """
+    k = dest.shape[0]
+    same = np.zeros(dest.shape, dtype=np.uint64)
+    for i in range(k):
+        same += (dest == dest[i][None, :]).astype(np.uint64)
+    salt = token_hash(tok[None, :] * num_gpus + dest) >> np.uint64(8)  # < 2**56: counts go above
+    best = np.argmax((same << np.uint64(56)) | salt, axis=0)
+    return dest[best, np.arange(dest.shape[1])]
+
+
+def next_positions(
+    dest: np.ndarray, src: np.ndarray, tok: np.ndarray, num_gpus: int, movement: str, slot_order: str
+) -> np.ndarray:
+    """Where every token is after a layer: ``home`` = ``src``; ``follow`` = its top-1 expert's GPU
+    (``slot_order=score``: slot 0) or the GPU with most of its copies (``unordered``, ``majority_gpu``)."""
+    if movement == "home":
+        return src
+    if slot_order == "score":
+        return dest[0]
+    return majority_gpu(dest, tok, num_gpus)
+
+
+def _first_copies(dest: np.ndarray, dedupe: bool) -> np.ndarray:
+    """bool ``[k, T]``: copy j is sent (dedupe: unless an earlier copy of the token went to the same GPU)."""
+    first = np.ones(dest.shape, dtype=bool)
+    if dedupe:
+        for j in range(1, dest.shape[0]):
+            for i in range(j):
+                first[j] &= dest[j] != dest[i]
+    return first
+
+
+@dataclass
+class _Replay:
+    """The fixed inputs of one replay: ``n`` tokens per batch, ``nb`` batches, ``g`` GPUs."""
+
+    routes: RouteTable
+    fabric: Fabric
+    options: EvalOptions
+    slot_order: str
+    time_per_token_s: float
+    n: int
+    nb: int
+    g: int
+
+    def destinations(self, li: int, ex: np.ndarray, src: np.ndarray, tok: np.ndarray) -> np.ndarray:
+        """int64 ``[k, T]``: the GPU that processes each copy ``ex [k, T]`` of layer ``li``."""
+        if self.routes.choice.shape[-1] > 1:
+            cnt = self.routes.count[li][src, ex]
+            return self.routes.choice[li][src, ex, tok % cnt]
+        return self.routes.choice[li, 0, :, 0][ex]
+
+
+def _replay_layer(rp: _Replay, li: int, ex: np.ndarray, src: np.ndarray, tok: np.ndarray) -> dict[str, Any]:
+    """One layer of every batch: loads, transfer counts, tails and token means; ``nxt`` = new positions."""
+    nb, g, n = rp.nb, rp.g, rp.n
+    bg = (tok // n) * g
+    dest = rp.destinations(li, ex, src, tok)
+    load = np.bincount((bg + dest).ravel(), minlength=nb * g).reshape(nb, g)
+    ct = load * rp.time_per_token_s  # [B, G]
+    first = _first_copies(dest, rp.options.dedupe_dispatch)
+    nxt = next_positions(dest, src, tok, g, rp.options.token_movement, rp.slot_order)
+    kd = (bg + src) * g + dest  # key (batch, from, to)
+    kc = (bg + dest) * g + nxt
+    d_cnt = np.bincount(kd[first], minlength=nb * g * g).reshape(nb, g, g)
+    c_cnt = np.bincount(kc[first], minlength=nb * g * g).reshape(nb, g, g)
+    pt_d = rp.fabric.transfer_times(d_cnt)
+    pt_c = rp.fabric.transfer_times(c_cnt)
+    # per token: slowest of its links / GPUs (duplicates do not change a max)
+    tok_disp = pt_d.reshape(-1)[kd].max(axis=0)
+    tok_comp = ct.reshape(-1)[bg + dest].max(axis=0)
+    tok_comb = pt_c.reshape(-1)[kc].max(axis=0)
+    maxload = load.max(axis=1)
+    return {
+        "nxt": nxt,
+        "load": load.sum(axis=0),
+        "dispatch": d_cnt.sum(axis=0),
+        "combine": c_cnt.sum(axis=0),
+        "bal": np.where(maxload > 0, load.mean(axis=1) / np.maximum(maxload, 1), 1.0),
+        "tok_tail": ct.max(axis=1),
+        "tok_mean": tok_comp.reshape(nb, n).mean(axis=1),
+        "disp_tail": pt_d.max(axis=(1, 2)),
+        "comb_tail": pt_c.max(axis=(1, 2)),
+        "a2a_mean": (tok_disp + tok_comb).reshape(nb, n).mean(axis=1),
+        "layer_mean": (tok_disp + tok_comp + tok_comb).reshape(nb, n).mean(axis=1),
+    }
+
+
+_PER_BATCH = ("bal", "tok_tail", "tok_mean", "disp_tail", "comb_tail", "a2a_mean", "layer_mean")
+_PER_LAYER = ("load", "dispatch", "combine")
+
+
 def evaluate_placement(
     experts: np.ndarray,
     placement: Placement,
     topology: Topology,
     options: EvalOptions | None = None,
     progress: bool = False,
+    slot_order: str = "unordered",
 ) -> CostReport:
     """Replay ``experts`` through ``placement`` on ``topology``.
 
     Args:
-        experts: integer ``[tokens, layers, top_k]`` expert ids of the evaluation trace, in router order.
+        experts: integer ``[tokens, layers, top_k]`` expert ids of the evaluation trace.
         placement: ``L`` layers on ``G = topology.num_gpus`` GPUs.
         topology: links, token size and compute model.
         options: replay rules (``EvalOptions()`` by default).
         progress: show per-layer progress (``common.progress.track``).
+        slot_order: the trace's ``slot_order``: ``score`` (slot 0 is the top-1 expert) or ``unordered``
+            (a set; the default, which gives no slot a meaning). Only ``token_movement=follow`` uses it.
 
     Returns:
         A ``CostReport``; tokens past the last full batch are left out.
 
     Raises:
-        InputError: shapes or ids do not match the placement / topology.
+        InputError: shapes or ids do not match the placement / topology, or an unknown ``slot_order``.
     """
     opts = options or EvalOptions()
     experts = np.asarray(experts)
-    _check_inputs(experts, placement, topology)
-    t_all, num_layers, k = experts.shape
+    _check_inputs(experts, placement, topology, slot_order)
+    t_all, num_layers, _ = experts.shape
     g = topology.num_gpus
     n = min(opts.batch_tokens or t_all, t_all)
     nb = t_all // n
     used = nb * n
-    routes = route_table(placement, topology.node_of(), opts.replica_choice)
-    multi = routes.choice.shape[-1] > 1
-    inv_bw = topology.inverse_bandwidth_s_per_byte()
-    cross = topology.cross_node()
-    bpt = float(topology.bytes_per_token)
-    tpt = float(topology.time_per_token_s)
-    nic_bps = topology.nic_gbps * GB if topology.nic_gbps is not None else None
-
+    rp = _Replay(
+        routes=route_table(placement, topology.node_of(), opts.replica_choice),
+        fabric=Fabric.of(topology),
+        options=opts,
+        slot_order=slot_order,
+        time_per_token_s=float(topology.time_per_token_s),
+        n=n,
+        nb=nb,
+        g=g,
+    )
     by_layer = np.ascontiguousarray(experts[:used].transpose(1, 2, 0))  # [L, k, T], input dtype
     tok = np.arange(used, dtype=np.int64)
-    bid = tok // n
     src = _start_positions(tok % n, n, g, opts.first_layer_start)
-    bg = bid * g  # [T]
-
-    tokens_per_gpu = np.zeros((num_layers, g), dtype=np.int64)
-    dispatch = np.zeros((num_layers, g, g), dtype=np.int64)
-    combine = np.zeros((num_layers, g, g), dtype=np.int64)
-    per_batch = {
-        name: np.zeros((nb, num_layers))
-        for name in ("bal", "tok_tail", "tok_mean", "disp_tail", "comb_tail", "a2a_mean", "layer_mean")
+    per_batch = {name: np.zeros((nb, num_layers)) for name in _PER_BATCH}
+    per_layer = {
+        "load": np.zeros((num_layers, g), dtype=np.int64),
+        "dispatch": np.zeros((num_layers, g, g), dtype=np.int64),
+        "combine": np.zeros((num_layers, g, g), dtype=np.int64),
     }
     layers = range(num_layers)
-    it = track(layers, total=num_layers, description="cost model") if progress else layers
-    for li in it:
-        ex = by_layer[li]  # [k, T]; arrays are [k, T] so that reductions over k are over contiguous rows
-        # destination GPU of every copy [k, T]
-        if multi:
-            cnt = routes.count[li][src, ex]
-            dest = routes.choice[li][src, ex, tok % cnt]
-        else:
-            dest = routes.choice[li, 0, :, 0][ex]
-        # compute
-        load = np.bincount((bg + dest).ravel(), minlength=nb * g).reshape(nb, g)
-        ct = load * tpt  # [B, G]
-        # one transfer per destination GPU (dedupe: copy j counts unless an earlier copy went there) or per copy
-        first = np.ones(dest.shape, dtype=bool)
-        if opts.dedupe_dispatch:
-            for j in range(1, k):
-                for i in range(j):
-                    first[j] &= dest[j] != dest[i]
-        nxt = dest[0] if opts.token_movement == "follow" else src
-        kd = (bg + src) * g + dest  # key (batch, from, to)
-        kc = (bg + dest) * g + nxt
-        d_cnt = np.bincount(kd[first], minlength=nb * g * g).reshape(nb, g, g)
-        c_cnt = np.bincount(kc[first], minlength=nb * g * g).reshape(nb, g, g)
-        pt_d = _pair_times(d_cnt, bpt, inv_bw, cross, nic_bps)
-        pt_c = _pair_times(c_cnt, bpt, inv_bw, cross, nic_bps)
-        # per token: slowest of its links / GPUs (duplicates do not change a max)
-        tok_disp = pt_d.reshape(-1)[kd].max(axis=0)
-        tok_comp = ct.reshape(-1)[bg + dest].max(axis=0)
-        tok_comb = pt_c.reshape(-1)[kc].max(axis=0)
+    for li in track(layers, total=num_layers, description="cost model") if progress else layers:
+        out = _replay_layer(rp, li, by_layer[li], src, tok)
+        for name in _PER_BATCH:
+            per_batch[name][:, li] = out[name]
+        for name in _PER_LAYER:
+            per_layer[name][li] = out[name]
+        src = out["nxt"]
+    info = {"placement": placement.name, "topology": topology.name, "tokens_dropped": t_all - used}
+    return _report(used, n, opts, topology, per_layer, per_batch, info | {"slot_order": slot_order})
 
-        tokens_per_gpu[li] = load.sum(axis=0)
-        dispatch[li] = d_cnt.sum(axis=0)
-        combine[li] = c_cnt.sum(axis=0)
-        maxload = load.max(axis=1)
-        per_batch["bal"][:, li] = np.where(maxload > 0, load.mean(axis=1) / np.maximum(maxload, 1), 1.0)
-        per_batch["tok_tail"][:, li] = ct.max(axis=1)
-        per_batch["tok_mean"][:, li] = tok_comp.reshape(nb, n).mean(axis=1)
-        per_batch["disp_tail"][:, li] = pt_d.max(axis=(1, 2))
-        per_batch["comb_tail"][:, li] = pt_c.max(axis=(1, 2))
-        per_batch["a2a_mean"][:, li] = (tok_disp + tok_comb).reshape(nb, n).mean(axis=1)
-        per_batch["layer_mean"][:, li] = (tok_disp + tok_comp + tok_comb).reshape(nb, n).mean(axis=1)
-        src = nxt
 
-    link_bytes = (dispatch + combine) * bpt * (~np.eye(g, dtype=bool))
+def _report(
+    used: int,
+    n: int,
+    opts: EvalOptions,
+    topology: Topology,
+    per_layer: dict[str, np.ndarray],
+    per_batch: dict[str, np.ndarray],
+    info: dict[str, Any],
+) -> CostReport:
+    """Assemble the ``CostReport`` from the per-layer sums and the per-batch x layer arrays."""
+    g = topology.num_gpus
+    tokens_per_gpu, dispatch, combine = per_layer["load"], per_layer["dispatch"], per_layer["combine"]
+    link_bytes = (dispatch + combine) * float(topology.bytes_per_token) * (~np.eye(g, dtype=bool))
     maxtok = tokens_per_gpu.max(axis=1)
     return CostReport(
         num_tokens=used,
@@ -477,9 +598,9 @@ def evaluate_placement(
         dispatch=dispatch,
         combine=combine,
         link_bytes=link_bytes,
-        link_time_s=link_bytes * inv_bw,
-        compute_time_s=tokens_per_gpu * tpt,
-        cross_node=cross,
+        link_time_s=link_bytes * topology.inverse_bandwidth_s_per_byte(),
+        compute_time_s=tokens_per_gpu * float(topology.time_per_token_s),
+        cross_node=topology.cross_node(),
         batch_balancedness=per_batch["bal"],
         batch_token_tail_s=per_batch["tok_tail"],
         batch_token_mean_s=per_batch["tok_mean"],
@@ -487,5 +608,68 @@ def evaluate_placement(
         batch_combine_tail_s=per_batch["comb_tail"],
         batch_a2a_mean_s=per_batch["a2a_mean"],
         batch_layer_mean_s=per_batch["layer_mean"],
-        info={"placement": placement.name, "topology": topology.name, "tokens_dropped": t_all - used},
+        info=info,
     )
+
+
+class LayerModel:
+    """The cost model one layer at a time, for searches that change one layer's placement.
+
+    ``time(li, layer, src)`` replays layer ``li`` of ``experts`` with that layer's assignment ``layer``
+    (``layer[g]``: expert ids on GPU g) from token positions ``src``, and returns the MoE-layer tail time
+    summed over batches (dispatch + compute + combine, as ``CostReport.batch_layer_tail_s``) and the
+    positions after it. ``forward(assignment)`` chains all layers. Same rules as ``evaluate_placement``.
+    """
+
+    def __init__(
+        self, experts: np.ndarray, topology: Topology, options: EvalOptions, slot_order: str, num_experts: int
+    ) -> None:
+        experts = np.asarray(experts)
+        t_all = experts.shape[0]
+        self.n = min(options.batch_tokens or t_all, t_all)
+        self.nb = t_all // self.n
+        used = self.nb * self.n
+        self.by_layer = np.ascontiguousarray(experts[:used].transpose(1, 2, 0)).astype(np.int64)
+        self.tok = np.arange(used, dtype=np.int64)
+        self.start = _start_positions(self.tok % self.n, self.n, topology.num_gpus, options.first_layer_start)
+        self.topology, self.options, self.slot_order, self.num_experts = (
+            topology,
+            options,
+            slot_order,
+            num_experts,
+        )
+        self.fabric = Fabric.of(topology)
+        self.node_of = topology.node_of()
+
+    def time(self, li: int, layer: list[list[int]], src: np.ndarray) -> tuple[float, np.ndarray]:
+        """(seconds summed over batches, positions ``[T]`` after layer ``li``)."""
+        one = Placement([layer], num_experts=self.num_experts)
+        rp = _Replay(
+            routes=route_table(one, self.node_of, self.options.replica_choice),
+            fabric=self.fabric,
+            options=self.options,
+            slot_order=self.slot_order,
+            time_per_token_s=float(self.topology.time_per_token_s),
+            n=self.n,
+            nb=self.nb,
+            g=self.topology.num_gpus,
+        )
+        out = _replay_layer(rp, 0, self.by_layer[li], src, self.tok)
+        return float((out["disp_tail"] + out["tok_tail"] + out["comb_tail"]).sum()), out["nxt"]
+
+    def forward(
+        self, assignment: list[list[list[int]]], first: int = 0, src: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Times of layers ``first, first + 1, ...`` (one per entry of ``assignment``) from positions ``src``
+        (default: the start layout) and the positions entering each of them and after the last."""
+        pos = [self.start if src is None else src]
+        times = np.zeros(len(assignment))
+        for i, layer in enumerate(assignment):
+            times[i], nxt = self.time(first + i, layer, pos[-1])
+            pos.append(nxt)
+        return times, pos
+
+    @property
+    def positions_are_local(self) -> bool:
+        """True when a layer's change moves tokens only for the next layer (``even`` replicas or ``home``)."""
+        return self.options.replica_choice == "even" or self.options.token_movement == "home"

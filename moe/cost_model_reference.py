@@ -12,15 +12,36 @@ from moe.cost_model import EvalOptions
 from moe.placement.base import Placement
 from moe.topology import Topology
 
+_MASK = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64 in plain integers (the cost model's ``token_hash``, written independently)."""
+    z = (x + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def _next_position(dests: list[int], t: int, g: int, slot_order: str) -> int:
+    """``follow``: slot 0's GPU (score order), else the GPU with most copies, ties by the token hash."""
+    if slot_order == "score":
+        return dests[0]
+    return max(set(dests), key=lambda d: (dests.count(d), _splitmix64(t * g + d) >> 8))
+
 
 def reference_counts(
-    experts: np.ndarray, placement: Placement, topology: Topology, options: EvalOptions
+    experts: np.ndarray,
+    placement: Placement,
+    topology: Topology,
+    options: EvalOptions,
+    slot_order: str = "unordered",
 ) -> dict[str, np.ndarray]:
     """Token copies per GPU ``[L, G]``, dispatch and combine transfers ``[L, G, G]`` (whole evaluated set).
 
     Args:
         experts: integer ``[tokens, layers, top_k]``.
-        placement, topology, options: as for ``moe.cost_model.evaluate_placement``.
+        placement, topology, options, slot_order: as for ``moe.cost_model.evaluate_placement``.
     """
     t_all, num_layers, k = experts.shape
     g = topology.num_gpus
@@ -53,7 +74,7 @@ def reference_counts(
                 if options.dedupe_dispatch and d in sent:
                     continue
                 sent.append(d)
-            nxt = dests[0] if options.token_movement == "follow" else start
+            nxt = _next_position(dests, t, g, slot_order) if options.token_movement == "follow" else start
             for d in sent:
                 dispatch[li, pos, d] += 1
                 combine[li, d, nxt] += 1

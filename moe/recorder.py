@@ -166,6 +166,39 @@ def _batches(prompts: Iterable[Sequence[int] | torch.Tensor], size: int) -> Iter
 
 
 @torch.no_grad()
+def _route_batch(
+    model: torch.nn.Module,
+    batch: list[Sequence[int] | torch.Tensor],
+    hooks: _RouterHooks | None,
+    k: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """One forward pass over a right-padded batch; the routing of its real tokens.
+
+    Returns ``experts [real tokens, layers, k]`` (int64), ``weights`` (same shape) and the prompt lengths.
+    """
+    lens = torch.tensor([len(x) for x in batch])
+    x = torch.zeros(len(batch), int(lens.max()), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        x[row, : len(ids)] = torch.as_tensor(ids)
+    keep = torch.arange(x.shape[1])[None, :] < lens[:, None]  # [batch, seq]: real tokens
+    kwargs: dict[str, Any] = {"input_ids": x.to(device), "use_cache": False}
+    if len(batch) > 1:
+        kwargs["attention_mask"] = keep.long().to(device)
+    if hooks is not None:
+        model(**kwargs)
+        per_layer = hooks.take()
+    else:
+        out = model(**kwargs, output_router_logits=True)
+        per_layer = _from_logits(model, out.router_logits, k)
+    idx = torch.stack([p[0] for p in per_layer], dim=1)  # [batch * seq, layers, k]
+    w = torch.stack([p[1] for p in per_layer], dim=1)
+    if idx.shape[0] != x.numel():
+        raise InputError(f"recorder: router saw {idx.shape[0]} tokens for a batch of {tuple(x.shape)} tokens")
+    flat_keep = keep.reshape(-1)
+    return idx[flat_keep], w[flat_keep], [int(n) for n in lens]
+
+
 def record_trace(
     model: torch.nn.Module,
     prompts: Iterable[Sequence[int] | torch.Tensor],
@@ -210,30 +243,10 @@ def record_trace(
     lengths: list[int] = []
     try:
         for batch in _batches(track(prompts, total=total, description="recording routing"), batch_size):
-            lens = torch.tensor([len(x) for x in batch])
-            x = torch.zeros(len(batch), int(lens.max()), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                x[row, : len(ids)] = ids
-            keep = torch.arange(x.shape[1])[None, :] < lens[:, None]  # [batch, seq]: real tokens
-            kwargs: dict[str, Any] = {"input_ids": x.to(device), "use_cache": False}
-            if len(batch) > 1:
-                kwargs["attention_mask"] = keep.long().to(device)
-            if hooks is not None:
-                model(**kwargs)
-                per_layer = hooks.take()
-            else:
-                out = model(**kwargs, output_router_logits=True)
-                per_layer = _from_logits(model, out.router_logits, k)
-            idx = torch.stack([p[0] for p in per_layer], dim=1)  # [batch * seq, layers, k]
-            w = torch.stack([p[1] for p in per_layer], dim=1)
-            if idx.shape[0] != x.numel():
-                raise InputError(
-                    f"recorder: router saw {idx.shape[0]} tokens for a batch of {tuple(x.shape)} tokens"
-                )
-            flat_keep = keep.reshape(-1)
-            experts.append(idx[flat_keep].numpy().astype(expert_dtype(e)))
-            weights.append(w[flat_keep].numpy().astype(np.float32))
-            lengths.extend(int(n) for n in lens)
+            idx, w, lens = _route_batch(model, batch, hooks, k, device)
+            experts.append(idx.numpy().astype(expert_dtype(e)))
+            weights.append(w.numpy().astype(np.float32))
+            lengths.extend(lens)
     finally:
         if hooks is not None:
             hooks.remove()
@@ -252,6 +265,7 @@ def record_trace(
         weights=np.concatenate(weights),
         prompt_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         meta=info,
+        slot_order="score",  # routers return their top-k sorted by gate score, highest first
     )
     return trace.validate("recorded trace")
 

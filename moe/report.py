@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import pandas as pd
 
 from common.aggregate import mean_std
 from common.atomic import atomic_write_text
+from common.plots import bar_plot
 from moe.paper_numbers import PAPER_METRICS, paper_value
+from moe.placement_plots import plot_gpu_loads_from_costs
 
 # Our metrics in the table, in column order (all from the run record's ``metrics``).
 TABLE_METRICS = (
@@ -30,8 +33,8 @@ TABLE_METRICS = (
     "speedup_vs_contiguous",
     "balancedness_mean",
     "cross_gpu_tokens_vs_contiguous",
-    "solve_time_s",
-)
+    "layer_time_tail_s",
+)  # wall-clock solve times are machine-dependent: results/<mode>/timings/, not these tracked tables
 PERCENT = {m for m in TABLE_METRICS if m.endswith("_reduction")}
 CSV_NAME = "moe_comparison.csv"
 MD_NAME = "moe_comparison.md"
@@ -66,8 +69,15 @@ def _record_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         "topology": str(cfg["topology"]["name"]),
         "placement": placement_label(cfg["placement"]),
         "seed": rec.get("seed"),
+        "status": str((rec.get("labels") or {}).get("status") or ""),
     }
     return row | {m: _finite_or_nan(rec["metrics"].get(m)) for m in TABLE_METRICS}
+
+
+def status_counts(statuses: pd.Series) -> str:
+    """How the seeds' solves ended, e.g. ``optimal 2, time_limit 1``; empty for placements without a solver."""
+    counts = statuses[statuses != ""].value_counts()
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
 
 
 def comparison_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -84,6 +94,7 @@ def comparison_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     keys = ["trace", "topology", "placement"]
     grouped = frame.groupby(keys, sort=True)
     table = grouped["seed"].nunique().rename("seeds").to_frame()
+    table["status"] = grouped["status"].agg(status_counts)
     for m in TABLE_METRICS:
         stats = grouped[m].agg(lambda v: mean_std(v))
         table[f"{m}_mean"] = [ms[0] for ms in stats]
@@ -118,6 +129,7 @@ def rows_to_markdown(table: pd.DataFrame) -> str:
     """A Markdown table: ours (mean ± std over seeds) with the paper's number in brackets where it has one."""
     shown = table[["trace", "topology", "placement"]].copy()
     shown["seeds"] = table["seeds"].astype(str)
+    shown["status"] = table["status"]
     for m in TABLE_METRICS:
         cells = []
         for _, row in table.iterrows():
@@ -147,3 +159,43 @@ def moe_comparison_table(records: Iterable[Mapping[str, Any]], out: str | os.Pat
         atomic_write_text(out_dir / CSV_NAME, table.to_csv(index=False, na_rep="")),
         atomic_write_text(out_dir / MD_NAME, rows_to_markdown(table)),
     ]
+
+
+def moe_comparison_report(records: Iterable[Mapping[str, Any]], out: str | os.PathLike[str]) -> list[Path]:
+    """The comparison table (``moe_comparison_table``) and two figures in ``out``:
+
+    - ``layer_time.png``: the modelled MoE-layer time (tail over GPUs, summed over layers) of every placement,
+      mean ± std over seeds, per trace;
+    - ``gpu_load_<trace>.png``: per-layer GPU load under contiguous and under the fastest placement (its
+      lowest seed), from that run's ``costs.npz``.
+    """
+    records = list(records)
+    paths = moe_comparison_table(records, out)
+    table = comparison_rows(records)
+    if table.empty:
+        return paths
+    out_dir = Path(out)
+    paths.append(bar_plot(table, ["trace", "placement"], "layer_time_tail_s", out_dir / "layer_time.png",
+                          title="modelled MoE-layer time (s, lower is better)"))  # fmt: skip
+    for trace, rows in table.groupby("trace", sort=True):
+        best = rows.sort_values("speedup_vs_contiguous_mean", kind="stable").iloc[-1]["placement"]
+        run = _lowest_seed_run(records, trace, best)
+        costs = Path(run["path"]).parent / "costs.npz" if run and run.get("path") else None
+        if costs is not None and costs.is_file():
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(trace))
+            paths.append(plot_gpu_loads_from_costs(costs, out_dir / f"gpu_load_{name}.png",
+                                                   f"{trace}: contiguous (left) vs {best} (right)"))  # fmt: skip
+    return paths
+
+
+def _lowest_seed_run(
+    records: list[Mapping[str, Any]], trace: str, placement: str
+) -> Mapping[str, Any] | None:
+    runs = [
+        r
+        for r in records
+        if _is_place_record(r)
+        and trace_label(r["config"].get("trace", {})) == trace
+        and placement_label(r["config"]["placement"]) == placement
+    ]
+    return min(runs, key=lambda r: r.get("seed", 0), default=None)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -174,6 +175,58 @@ def _sample_segment(
     return experts, weights
 
 
+def _checked(
+    ms: ModelShape,
+    num_tokens: Any,
+    seed: Any,
+    skew: float | Sequence[float],
+    affinity: float,
+    drift: float,
+    fanout: int | None,
+    tokens_per_prompt: float,
+) -> tuple[np.ndarray, float, float, int]:
+    """Validate ``generate_trace``'s knobs; returns per-layer skews, affinity, drift and fanout."""
+    e, k = int(ms.num_experts), int(ms.top_k)
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) or num_tokens < 1:
+        raise InputError(f"synthetic trace: 'num_tokens' must be a positive integer, got {num_tokens!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"synthetic trace: 'seed' must be a non-negative integer, got {seed!r}")
+    fanout = k if fanout is None else fanout
+    if isinstance(fanout, bool) or not isinstance(fanout, int | np.integer) or not k <= fanout <= e:
+        raise InputError(
+            f"synthetic trace: 'fanout' must be an integer in {k}..{e} (top_k..E), got {fanout!r}"
+        )
+    if not float(tokens_per_prompt) >= 1:
+        raise InputError(f"synthetic trace: 'tokens_per_prompt' must be >= 1, got {tokens_per_prompt!r}")
+    skews = _per_layer(skew, int(ms.num_layers), "skew")
+    return skews, _check_unit(affinity, "affinity"), _check_unit(drift, "drift"), int(fanout)
+
+
+def _segments(
+    ms: ModelShape,
+    num_tokens: int,
+    skews: np.ndarray,
+    fanout: int,
+    drift: float,
+    drift_start: float,
+    offsets: np.ndarray,
+    structure: np.random.Generator,
+) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int | None]:
+    """``(tokens, popularity [L, E], transitions [L-1, E, E])`` per stretch of the trace: one, or two when
+    the evaluation part drifts (from prompt ``drift_prompt`` on); and that prompt (``None`` without drift)."""
+    e, num_layers = int(ms.num_experts), int(ms.num_layers)
+    pop = zipf_popularity(skews, e, structure)
+    trans = sparse_transitions(num_layers, e, fanout, structure) if num_layers > 1 else np.zeros((0, e, e))
+    if not (drift > 0 and len(offsets) > 2):
+        return [(num_tokens, pop, trans)], None
+    drift_prompt = profile_prompt_count(len(offsets) - 1, drift_start)
+    pop_new = zipf_popularity(skews, e, structure)
+    trans_new = sparse_transitions(num_layers, e, fanout, structure) if num_layers > 1 else trans
+    cut = int(offsets[drift_prompt])
+    drifted = (num_tokens - cut, (1 - drift) * pop + drift * pop_new, (1 - drift) * trans + drift * trans_new)
+    return [(cut, pop, trans), drifted], drift_prompt
+
+
 def generate_trace(
     shape: str | ModelShape,
     num_tokens: int,
@@ -208,47 +261,18 @@ def generate_trace(
         (the first drifted prompt, or ``None``).
     """
     ms = resolve_shape(shape)
-    e, k, num_layers = int(ms.num_experts), int(ms.top_k), int(ms.num_layers)
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) or num_tokens < 1:
-        raise InputError(f"synthetic trace: 'num_tokens' must be a positive integer, got {num_tokens!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise InputError(f"synthetic trace: 'seed' must be a non-negative integer, got {seed!r}")
-    skews = _per_layer(skew, num_layers, "skew")
-    affinity = _check_unit(affinity, "affinity")
-    drift = _check_unit(drift, "drift")
-    fanout = k if fanout is None else fanout
-    if isinstance(fanout, bool) or not isinstance(fanout, int | np.integer) or not k <= fanout <= e:
-        raise InputError(
-            f"synthetic trace: 'fanout' must be an integer in {k}..{e} (top_k..E), got {fanout!r}"
-        )
-    if not float(tokens_per_prompt) >= 1:
-        raise InputError(f"synthetic trace: 'tokens_per_prompt' must be >= 1, got {tokens_per_prompt!r}")
-
+    e, k = int(ms.num_experts), int(ms.top_k)
+    skews, affinity, drift, fanout = _checked(
+        ms, num_tokens, seed, skew, affinity, drift, fanout, tokens_per_prompt
+    )
     structure = np.random.default_rng([int(seed), 0])
     routing = np.random.default_rng([int(seed), 1])
     offsets = _prompt_offsets(
         int(num_tokens), float(tokens_per_prompt), np.random.default_rng([int(seed), 2])
     )
-
-    pop = zipf_popularity(skews, e, structure)
-    trans = (
-        sparse_transitions(num_layers, e, int(fanout), structure) if num_layers > 1 else np.zeros((0, e, e))
+    segments, drift_prompt = _segments(
+        ms, int(num_tokens), skews, fanout, drift, drift_start, offsets, structure
     )
-    segments = [(int(num_tokens), pop, trans)]
-    drift_prompt: int | None = None
-    if drift > 0 and len(offsets) > 2:
-        drift_prompt = profile_prompt_count(len(offsets) - 1, drift_start)
-        pop_new = zipf_popularity(skews, e, structure)
-        trans_new = sparse_transitions(num_layers, e, int(fanout), structure) if num_layers > 1 else trans
-        cut = int(offsets[drift_prompt])
-        segments = [
-            (cut, pop, trans),
-            (
-                int(num_tokens) - cut,
-                (1 - drift) * pop + drift * pop_new,
-                (1 - drift) * trans + drift * trans_new,
-            ),
-        ]
     parts_e, parts_w = [], []
     for n, p, t in segments:
         mix = affinity * t + (1 - affinity) * p[1:, None, :]

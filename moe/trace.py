@@ -10,6 +10,8 @@ key                       content
 ``weights`` (optional)    floats ``[tokens, layers, top_k]``: gate weight of each choice
 ``prompt_offsets`` (opt)  int64 ``[prompts + 1]``: prompt p is rows ``offsets[p]:offsets[p+1]``
 ``top_k`` (optional)      0-d integer; when present it must equal ``experts.shape[2]``
+``slot_order`` (optional) 0-d string: ``score`` (slot 0 is the router's top-1 choice, then descending gate
+                          score) or ``unordered`` (a token's ids are a set); absent = not declared
 ``meta_json`` (optional)  0-d string: JSON object with the metadata (written by ``save_trace``)
 any other key             metadata: 0-d values become scalars, small 1-d arrays become lists
 ========================  =====================================================================
@@ -35,7 +37,17 @@ from common.atomic import atomic_savez
 from common.errors import InputError
 
 FORMAT = "moe.trace/1"
-_ARRAY_KEYS = ("experts", "weights", "prompt_offsets", "num_experts", "top_k", "meta_json", "format")
+_ARRAY_KEYS = (
+    "experts",
+    "weights",
+    "prompt_offsets",
+    "num_experts",
+    "top_k",
+    "meta_json",
+    "format",
+    "slot_order",
+)
+SLOT_ORDERS = ("score", "unordered")
 _META_LIST_MAX = 100_000  # metadata arrays longer than this are refused (they are data, not provenance)
 
 
@@ -45,11 +57,12 @@ class Trace:
 
     Attributes:
         experts: integer array ``[tokens, layers, top_k]`` of expert ids in ``0..num_experts-1``; a token's
-            ids are distinct, in the router's order (highest gate first where the router sorts).
+            ids are distinct; their order is what ``slot_order`` says.
         num_experts: routed experts per layer (E).
         weights: optional float array ``[tokens, layers, top_k]`` of gate weights.
         prompt_offsets: optional int64 ``[prompts + 1]``; prompt p is rows ``offsets[p]:offsets[p+1]``.
         meta: free-form provenance (model name, source, layer ids, ...); JSON-serialisable.
+        slot_order: ``score`` (slot 0 = top-1 expert), ``unordered`` (a set) or ``None`` (not declared).
     """
 
     experts: np.ndarray
@@ -57,6 +70,7 @@ class Trace:
     weights: np.ndarray | None = None
     prompt_offsets: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    slot_order: str | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -96,13 +110,15 @@ class Trace:
             if self.prompt_offsets is None
             else self.prompt_offsets.astype(np.int64, copy=False),
             meta=dict(self.meta),
+            slot_order=self.slot_order,
         )
 
     def describe(self) -> str:
         """One line: shape, experts, prompts and whether it has weights."""
         return (
             f"{self.num_tokens} tokens x {self.num_layers} layers x top-{self.top_k} of {self.num_experts} "
-            f"experts, {self.num_prompts} prompts, weights {'yes' if self.weights is not None else 'no'}"
+            f"experts, {self.num_prompts} prompts, weights {'yes' if self.weights is not None else 'no'}, "
+            f"slot order {self.slot_order or 'not declared'}"
         )
 
 
@@ -169,6 +185,10 @@ def validate_trace(trace: Trace, where: str = "trace") -> None:
         _check_offsets(trace.prompt_offsets, t, where)
     if not isinstance(trace.meta, dict):
         raise InputError(f"{where}: 'meta' must be a dict, got {type(trace.meta).__name__}")
+    if trace.slot_order is not None and trace.slot_order not in SLOT_ORDERS:
+        raise InputError(
+            f"{where}: 'slot_order' must be one of {list(SLOT_ORDERS)}, got {trace.slot_order!r}"
+        )
 
 
 def _check_distinct(ex: np.ndarray, where: str) -> None:
@@ -242,6 +262,8 @@ def save_trace(trace: Trace, path: str | os.PathLike[str], compressed: bool = Tr
         arrays["weights"] = trace.weights
     if trace.prompt_offsets is not None:
         arrays["prompt_offsets"] = trace.prompt_offsets
+    if trace.slot_order is not None:
+        arrays["slot_order"] = np.array(trace.slot_order)
     return atomic_savez(path, compressed=compressed, **arrays)
 
 
@@ -264,6 +286,11 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     if not p.is_file():
         raise InputError(f"{where}: trace file not found")
     raw: dict[str, np.ndarray] = {}
+    if not zipfile.is_zipfile(p):
+        raise InputError(
+            f"{where}: not an .npz archive (an .npz is a zip of .npy arrays, e.g. from numpy.savez_compressed; "
+            "see docs/traces.md for the keys a trace needs)"
+        )
     try:
         with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             for key in z.files:
@@ -271,7 +298,8 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise InputError(f"{where}: not a readable .npz trace (truncated or corrupt file: {exc})") from exc
     except ValueError as exc:  # pickled objects, bad array headers
-        raise InputError(f"{where}: not a valid .npz trace ({exc})") from exc
+        first = str(exc).split(". ")[0]
+        raise InputError(f"{where}: not a valid .npz trace (an array could not be read: {first})") from exc
     for key in ("experts", "num_experts"):
         if key not in raw:
             raise InputError(f"{where}: missing key '{key}' (found {sorted(raw)})")
@@ -296,6 +324,7 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
         weights=raw.get("weights"),
         prompt_offsets=raw.get("prompt_offsets"),
         meta=meta,
+        slot_order=str(raw["slot_order"]) if "slot_order" in raw else None,
     )
     validate_trace(trace, where)
     return trace.compact()
@@ -324,3 +353,43 @@ def _read_meta(raw: dict[str, np.ndarray], where: str) -> dict[str, Any]:
             raise InputError(f"{where}: 'meta_json' must hold a JSON object")
         meta.update(extra)
     return meta
+
+
+# ---------------------------------------------------------------------- slot order
+def slot0_min_fraction(experts: np.ndarray, max_rows: int = 200_000) -> float:
+    """Fraction of (token, layer) rows whose slot 0 holds the row's smallest id (first ``max_rows`` tokens).
+
+    About ``1 / top_k`` when slot 0 is the router's top-1 choice; near 1 when the slots were stored sorted
+    by id (the shared DeepSeek-V2-Lite trace: 0.83).
+    """
+    part = np.asarray(experts[:max_rows])
+    if part.shape[2] < 2:
+        return 1.0
+    return float((part[:, :, 0] == part.min(axis=2)).mean())
+
+
+def looks_id_sorted(experts: np.ndarray) -> tuple[bool, float]:
+    """``(verdict, fraction)``: slot 0 is the row's smallest id far more often than ``1 / top_k``.
+
+    The threshold is halfway between ``1 / top_k`` (score order) and 1 (sorted); top-1 traces are never
+    flagged (one slot has no order).
+    """
+    k = int(experts.shape[2])
+    if k < 2:
+        return False, 1.0
+    frac = slot0_min_fraction(experts)
+    return frac > 0.5 * (1.0 / k + 1.0), frac
+
+
+def check_slot_order(trace: Trace, declared: str, where: str, key: str = "trace.slot_order") -> None:
+    """Refuse ``declared == "score"`` when the slots look id-sorted (one line naming ``key``)."""
+    if declared not in SLOT_ORDERS:
+        raise InputError(f"{where}: {key} must be one of {list(SLOT_ORDERS)}, got {declared!r}")
+    if declared != "score":
+        return
+    sorted_, frac = looks_id_sorted(trace.experts)
+    if sorted_:
+        raise InputError(
+            f"{where}: slot 0 holds the row's smallest expert id in {frac:.0%} of rows (score order gives about "
+            f"{1 / trace.top_k:.0%}): the slots look sorted by id, not by score; set {key}=unordered"
+        )

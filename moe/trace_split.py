@@ -61,6 +61,7 @@ def select_prompts(trace: Trace, prompts: np.ndarray) -> Trace:
         weights=None if trace.weights is None else trace.weights[rows],
         prompt_offsets=new_off,
         meta=dict(trace.meta),
+        slot_order=trace.slot_order,
     )
 
 
@@ -82,6 +83,7 @@ def slice_tokens(trace: Trace, start: int, stop: int) -> Trace:
         weights=None if trace.weights is None else trace.weights[start:stop],
         prompt_offsets=off,
         meta=dict(trace.meta),
+        slot_order=trace.slot_order,
     )
 
 

@@ -27,7 +27,10 @@ from omegaconf.errors import (
 from common.config import install_schemas
 from common.errors import SuiteError
 from common.experiment import RunContext, RunOutput, run_experiment
+from common.log import announce, set_console_level
 from common.records import RunRecord
+from common.threads import limit_threads
+from runners.job_line import job_line
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -88,7 +91,8 @@ def run_from_hydra(cfg: DictConfig, suite: str, body: Callable[[RunContext], Run
     group = sweep_dir.name if sweep_dir is not None else None
     name = hc.job.override_dirname or hc.job.name
     try:
-        return run_experiment(
+        set_console_level((plain.get("log") or {}).get("level") or os.environ.get("SUITE_LOG_LEVEL", "INFO"))
+        record = run_experiment(
             plain,
             suite,
             body,
@@ -100,6 +104,8 @@ def run_from_hydra(cfg: DictConfig, suite: str, body: Callable[[RunContext], Run
         )
     except SuiteError as exc:
         fail(str(exc))
+    announce(job_line(record, name, sweep_dir, run_dir))
+    return record
 
 
 def check_group_overrides(argv: list[str], conf_dir: str = CONF_DIR) -> None:
@@ -146,10 +152,16 @@ def composition_message(exc: BaseException, conf_dir: str = CONF_DIR) -> str:
 def hydra_cli(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function after checking the command line's group overrides.
 
-    A config Hydra cannot compose (unknown key or group, a value of the wrong type) and Ctrl-C each end in
+    The console shows warnings, errors and one line per job; ``-v`` (or ``log.level=info|debug``) shows the
+    details, which every run also writes to its ``events.jsonl``. A config Hydra cannot compose (unknown key or group, a value of the wrong type) and Ctrl-C each end in
     one ``error:`` line with exit status 2 (130 for Ctrl-C); completed records are never touched.
     """
+    verbose = [a for a in sys.argv[1:] if a in ("-v", "--verbose")]
+    sys.argv = [a for a in sys.argv if a not in verbose]
+    os.environ["SUITE_LOG_LEVEL"] = "INFO" if verbose else os.environ.get("SUITE_LOG_LEVEL", "WARNING")
+    set_console_level(os.environ["SUITE_LOG_LEVEL"])
     check_group_overrides(sys.argv[1:])
+    limit_threads()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let the errors reach this function instead of Hydra's printer
     try:
         main()

@@ -11,10 +11,12 @@ import importlib
 import hydra
 from omegaconf import DictConfig
 
+from common.config import install_schemas
 from common.experiment import RunContext, RunOutput
 from runners.hydra_entry import CONF_DIR, fail, hydra_cli, run_from_hydra
 
 MODES = {"stats": "runners.moe_stats", "place": "runners.moe_place"}
+install_schemas("moe")  # conf/{trace,topology,eval,placement}/*.yaml start from these schemas
 
 
 def body(ctx: RunContext) -> RunOutput:

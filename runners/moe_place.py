@@ -23,13 +23,15 @@ from common.atomic import atomic_savez
 from common.config import build
 from common.errors import ConfigError, InputError
 from common.experiment import RunContext, RunOutput
+from moe.bound import fraction_of_bound, max_slots
 from moe.cost_model import CostReport, eval_options_from_config, evaluate_placement
 from moe.placement.base import Placement
 from moe.placement.placer import PlacementProblem, Placer
+from moe.placement.profiled import ProfiledProblem
 from moe.placement.simple import Contiguous
 from moe.stats import cross_layer_counts, expert_load
 from moe.topology import topology_from_config
-from runners.moe_inputs import load_traces
+from moe.trace_source import trace_source
 
 # Metrics compared with the baseline: ``<name>_vs_contiguous`` = this / contiguous, and for the paper's
 # comparisons ``<stem>_reduction`` = 1 - this / contiguous.
@@ -105,52 +107,29 @@ def placement_metrics(placement: Placement, wall_s: float) -> dict[str, float]:
     return out
 
 
+def status_metrics(placement: Placement) -> dict[str, float]:
+    """``status_<status>: 1.0`` for a solver placement's ``info['status']`` (optimal, feasible, time_limit,
+    heuristic, ...); the mean over seeds in a table is the share of seeds that ended so. Empty otherwise."""
+    status = (placement.info or {}).get("status")
+    return {f"status_{status}": 1.0} if isinstance(status, str) and status else {}
+
+
 def _is_number(x: Any) -> bool:
     return isinstance(x, int | float | np.number) and not isinstance(x, bool)
-
-
-def with_model_dims(topology_cfg: Any, model: Any) -> Any:
-    """The topology config with the traced model's token size and expert FLOPs, when the trace names them.
-
-    A trace config may carry ``model: {hidden_size, expert_flops_per_token}`` (the real DeepSeek-V2-Lite
-    trace does); these replace the topology's (Mixtral-8x7B) values so that the ratio of compute to
-    communication time is that of the model that made the trace. A measured ``compute.time_per_token_s``
-    in the topology still wins over FLOPs.
-    """
-    if not model or not isinstance(topology_cfg, dict):
-        return topology_cfg
-    if not isinstance(model, dict):
-        raise ConfigError(
-            "trace.model", f"expected a mapping with hidden_size / expert_flops_per_token, got {model!r}"
-        )
-    unknown = sorted(set(model) - {"hidden_size", "expert_flops_per_token"})
-    if unknown:
-        raise ConfigError(
-            "trace.model", f"unknown keys {unknown}; allowed: hidden_size, expert_flops_per_token"
-        )
-    out = dict(topology_cfg)
-    if model.get("hidden_size") is not None:
-        out["hidden_size"] = model["hidden_size"]
-    if model.get("expert_flops_per_token") is not None:
-        out["compute"] = {
-            **(out.get("compute") or {}),
-            "expert_flops_per_token": model["expert_flops_per_token"],
-        }
-    return out
 
 
 def run(ctx: RunContext) -> RunOutput:
     """Profile, place, evaluate, compare with contiguous; see the module docstring."""
     cfg = ctx.config
     log = ctx.log
-    topology = topology_from_config(
-        with_model_dims(cfg.get("topology"), (cfg.get("trace") or {}).get("model"))
-    )
-    options = eval_options_from_config(cfg.get("eval"))
-    placer = make_placer(cfg)
     if "trace" not in cfg:
         raise ConfigError("trace", "missing; choose one, e.g. trace=deepseek_v2_lite")
-    profile, evaluation = load_traces(cfg["trace"], ctx.seed)
+    source = trace_source(cfg["trace"])
+    topology = source.topology_for(topology_from_config(cfg.get("topology")))
+    options = eval_options_from_config(cfg.get("eval"))
+    placer = make_placer(cfg)
+    profile, evaluation = source.profile_and_evaluation(ctx.seed)
+    slot_order = evaluation.slot_order or "unordered"
     if profile.num_experts != evaluation.num_experts or profile.num_layers != evaluation.num_layers:
         raise InputError(
             f"trace: profile part ({profile.num_layers} layers, {profile.num_experts} experts) and evaluation "
@@ -165,18 +144,28 @@ def run(ctx: RunContext) -> RunOutput:
     load = expert_load(profile.experts, e)
     pairs = cross_layer_counts(profile.experts, e)
 
-    problem = PlacementProblem(load, pairs, topology.bandwidth_gbps(), topology.ranks_per_node, ctx.seed)
+    problem = ProfiledProblem(
+        load,
+        pairs,
+        topology.bandwidth_gbps(),
+        topology.ranks_per_node,
+        ctx.seed,
+        experts=profile.experts,
+        topology=topology,
+        options=options,
+        slot_order=profile.slot_order or "unordered",
+    )
     placement, wall = place_and_time(placer, problem)
     name = placer.table_label
     log.info(f"placement {name}: {wall:.3f} s; info {_short_info(placement.info)}")
     baseline = placement if isinstance(placer, Contiguous) else Contiguous().place(problem)
     ctx.logger.event("placement", name=name, wall_s=wall, status=placement.info.get("status"))
 
-    report = evaluate_placement(evaluation.experts, placement, topology, options, progress=True)
+    report = evaluate_placement(evaluation.experts, placement, topology, options, True, slot_order)
     base_report = (
         report
         if baseline is placement
-        else evaluate_placement(evaluation.experts, baseline, topology, options)
+        else evaluate_placement(evaluation.experts, baseline, topology, options, slot_order=slot_order)
     )
     placement.save(ctx.artifact("placement.json"))
     baseline.save(ctx.artifact("contiguous.json"))
@@ -186,11 +175,15 @@ def run(ctx: RunContext) -> RunOutput:
 
     metrics = compare(report, base_report)
     metrics.update(placement_metrics(placement, wall))
+    metrics.update(fraction_of_bound(report, evaluation.top_k, topology, max_slots(placement, baseline)))
+    metrics.update(status_metrics(placement))
     metrics["profile_tokens"] = float(profile.num_tokens)
     series = report.layer_series()
     series["contiguous_layer_time_tail_s"] = base_report.layer_series()["layer_time_tail_s"]
     series["contiguous_cross_gpu_tokens"] = base_report.layer_series()["cross_gpu_tokens"]
-    return RunOutput(metrics=metrics, series=series, series_step={k: "layer" for k in series})
+    status = (placement.info or {}).get("status")
+    labels = {"status": status} if isinstance(status, str) and status else {}
+    return RunOutput(metrics=metrics, series=series, series_step={k: "layer" for k in series}, labels=labels)
 
 
 def _short_info(info: Mapping[str, Any]) -> str:

@@ -23,7 +23,7 @@ def run(ctx: RunContext) -> RunOutput:
     ctx.log.info(f"trace {name}: {trace.describe()}")
 
     st = trace_statistics(trace.experts, trace.num_experts)
-    profile, evaluation = split_from_config(trace, trace_cfg)
+    profile, evaluation = split_from_config(trace, trace_cfg, ctx.seed)
     drift = load_distance(
         expert_load(profile.experts, trace.num_experts), expert_load(evaluation.experts, trace.num_experts)
     )

@@ -26,27 +26,30 @@ from common.log import get_logger
 from runners.reproduce_steps import BENCHMARK_MODULES, STEPS, Step
 
 REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
 
 
-def run_step(step: Step, mode: str, out_root: Path, sweep_root: Path, dry_run: bool = False) -> list[Path]:
-    """Run one step's multiruns (resumable) and write its tables; returns the files written."""
+def run_step(
+    step: Step, mode: str, out_root: Path, sweep_root: Path, dry_run: bool = False, shared: Path = SHARED
+) -> list[Path]:
+    """Run one step's multiruns (resumable) and write its tables; returns the files written.
+
+    Sweeps that need files missing under ``shared`` run with the step's offline overrides or are skipped,
+    each with one line saying what is missing.
+    """
     log = get_logger("reproduce")
     sweep = sweep_root / mode / step.name
-    overrides = step.quick if mode == "quick" else step.full
+    plan, missing = step.plan(shared)
+    if missing:
+        what = "runs without them" if plan else "skipped"
+        log.warning(f"[{step.name}] {what}: missing {', '.join(str(shared / p) for p in missing)}")
+    if not plan:
+        return []
     t0 = time.perf_counter()
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "WANDB_MODE": "offline", "SUITE_PROGRESS": "0"}
-    for k, sweep_overrides in enumerate(step.sweeps):
-        part = sweep / str(k)
-        cmd = [
-            sys.executable, "-m", step.runner, "-m", *sweep_overrides,
-            f"hydra.sweep.dir={part}", "resume=true", f"resume_dir={part}", *overrides,
-        ]  # fmt: skip
-        log.info(f"[{step.name}] {' '.join(cmd[1:])}")
-        if dry_run:
-            continue
-        proc = subprocess.run(cmd, cwd=REPO, env=env, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"error: step '{step.name}' failed with exit status {proc.returncode}")
+    for k, sweep_overrides in enumerate(plan):
+        _run_sweep(
+            step, sweep / str(k), [*sweep_overrides, *(step.quick if mode == "quick" else step.full)], dry_run
+        )
     if dry_run:
         return []
     records, problems = load_records([sweep])
@@ -54,11 +57,25 @@ def run_step(step: Step, mode: str, out_root: Path, sweep_root: Path, dry_run: b
         log.warning(f"skipped: {p}")
     out = out_root / mode / step.name
     written = write_tables(group(records, step.by, step.metrics), step.by, out)
+    if step.timings:
+        write_tables(group(records, step.by, step.timings), step.by, out_root / mode / "timings" / step.name)
     if step.report is not None:
         dicts = [{**r.record.to_dict(), "path": str(r.path)} for r in records]
         written += step.report(dicts, out_root / mode / f"{step.name}_vs_paper")
     log.info(f"[{step.name}] {len(records)} runs in {time.perf_counter() - t0:.0f} s")
     return written
+
+
+def _run_sweep(step: Step, part: Path, overrides: list[str], dry_run: bool) -> None:
+    """One multirun of ``step.runner`` into ``part``, resuming its complete jobs."""
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "WANDB_MODE": "offline", "SUITE_PROGRESS": "0"}
+    cmd = [sys.executable, "-m", step.runner, "-m", *overrides, f"hydra.sweep.dir={part}", "resume=true"]
+    get_logger("reproduce").info(f"[{step.name}] {' '.join(cmd[1:])}")
+    if dry_run:
+        return
+    proc = subprocess.run(cmd, cwd=REPO, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: step '{step.name}' failed with exit status {proc.returncode}")
 
 
 def run_benchmarks(out_root: Path, dry_run: bool = False) -> list[Path]:
@@ -101,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"- {p.relative_to(out_root) if p.is_relative_to(out_root) else p}" for p in written
         )
         atomic_write_text(
-            out_root / args.mode / "INDEX.md", f"# Tables written by `reproduce {args.mode}`\n\n{index}\n"
+            out_root / args.mode / "INDEX.md",
+            f"# Tables and figures written by `reproduce {args.mode}`\n\n{index}\n",
         )
         print(f"\nTables ({args.mode}) under {out_root / args.mode}:")
         for p in written:

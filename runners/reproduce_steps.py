@@ -7,31 +7,72 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedgeo.report import fed_comparison_table
-from moe.report import moe_comparison_table
+from moe.report import moe_comparison_report
 
 Report = Callable[[list[dict], Path], list[Path]]
 
 
 @dataclass
 class Step:
-    """One reproduced table: a multirun of a preset, then its tables."""
+    """One reproduced table: multiruns of presets, then its tables.
+
+    Attributes:
+        name: the table's name (``results/<mode>/<name>.md``).
+        runner: module, e.g. ``runners.moe``.
+        sweeps: one multirun per entry, its overrides (e.g. ``["experiment=moetuner_single_node"]``).
+        by, metrics: group-by keys and metrics of the generic table. Machine-dependent timings never go
+            there (a reviewer's ``git diff`` after a reproduction must be empty when the science is the same).
+        timings: wall-clock metrics, written to ``results/<mode>/timings/<name>.md`` (not tracked by git).
+        quick, full: extra overrides in each mode.
+        report: the comparison with the paper, from record dicts.
+        data: files under ``../shared/`` that some sweeps read, and ``data_sweeps`` which sweeps (indices).
+        offline: overrides that let those sweeps run without the files (e.g. ``trace=synthetic``); ``None``:
+            without the files they are skipped.
+    """
 
     name: str
-    runner: str  # module, e.g. runners.moe
-    sweeps: list[
-        list[str]
-    ]  # one multirun per entry (its overrides, e.g. ["experiment=moetuner_single_node"])
-    by: list[str]  # group-by keys of the generic table
+    runner: str
+    sweeps: list[list[str]]
+    by: list[str]
     metrics: list[str]
-    quick: list[str] = field(default_factory=list)  # extra overrides in quick mode
+    timings: list[str] = field(default_factory=list)
+    quick: list[str] = field(default_factory=list)
     full: list[str] = field(default_factory=list)
-    report: Report | None = None  # paper comparison, from record dicts
+    report: Report | None = None
+    data: list[str] = field(default_factory=list)
+    data_sweeps: list[int] = field(default_factory=list)
+    offline: list[str] | None = None
+
+    def plan(self, shared: Path) -> tuple[list[list[str]], list[str]]:
+        """The sweeps to run with ``shared`` as the shared folder, and what is missing (paths)."""
+        missing = [p for p in self.data if not (shared / p).exists()]
+        if not missing:
+            return self.sweeps, []
+        plan = []
+        for k, sweep in enumerate(self.sweeps):
+            if k not in self.data_sweeps:
+                plan.append(sweep)
+            elif self.offline is not None:
+                plan.append([*sweep, *self.offline])
+        return plan, missing
 
 
 MOE_METRICS = [
     "balancedness_mean", "cross_gpu_tokens", "cross_node_tokens", "layer_time_tail_s",
-    "speedup_vs_contiguous", "solve_time_s", "gap",
+    "speedup_vs_contiguous", "gap",
 ]  # fmt: skip
+MOE_TIMINGS = ["solve_time_s", "place_time_s"]
+REAL_TRACE = "data/moe/deepseek_v2_lite_prefill.npz"
+FL_DATA = [
+    "data/fl/office_caltech10_surf800.npz",
+    "data/fl/office_caltech10_googlenet1024_partial.npz",
+    "data/fl/usps.npz",
+    "data/fl/mnist_test10k.npz",
+]
+# The engine preset (4 local gloo ranks, tiny sizes): modelled reductions next to the paper's in the tracked
+# table; what the engine measured (wall clock on this machine) in the untracked timings table.
+SERVE_METRICS = ["moetuner_model_layer_time_tail_reduction", "paper_moetuner_a2a_time_tail_reduction"]
+SERVE_MEASURED = ["model_rank_agreement", "moetuner_layer_time_tail_reduction", "contiguous_step_time_s"]
 # Full mode: the whole trace, each placement's own solver budget, paper-like batches, five seeds.
 MOE_FULL = [
     "trace.max_tokens=null",
@@ -41,6 +82,7 @@ MOE_FULL = [
 ]
 
 BENCHMARK_MODULES = [
+    "benchmarks.engine",
     "benchmarks.trace_stats",
     "benchmarks.cost_model",
     "benchmarks.ggeur",
@@ -56,6 +98,8 @@ STEPS: list[Step] = [
         sweeps=[["mode=stats", "trace=deepseek_v2_lite"], ["experiment=moetuner_trace_stats"]],
         by=["trace.name", "trace.preset"],
         metrics=["imbalance_max_over_mean", "affinity_mean"],
+        data=[REAL_TRACE],
+        data_sweeps=[0],
     ),
     Step(
         name="moe_single_node",
@@ -63,8 +107,12 @@ STEPS: list[Step] = [
         sweeps=[["experiment=moetuner_single_node"]],
         by=["trace.name", "placement.label"],
         metrics=MOE_METRICS,
+        timings=MOE_TIMINGS,
         full=MOE_FULL,
-        report=moe_comparison_table,
+        report=moe_comparison_report,
+        data=[REAL_TRACE],
+        data_sweeps=[0],
+        offline=["trace=synthetic"],
     ),
     Step(
         name="moe_multi_node",
@@ -72,8 +120,21 @@ STEPS: list[Step] = [
         sweeps=[["experiment=moetuner_multi_node"]],
         by=["trace.name", "placement.label"],
         metrics=MOE_METRICS,
+        timings=MOE_TIMINGS,
         full=MOE_FULL,
-        report=moe_comparison_table,
+        report=moe_comparison_report,
+        data=[REAL_TRACE],
+        data_sweeps=[0],
+        offline=["trace=synthetic"],
+    ),
+    Step(
+        name="serve_placements",
+        runner="runners.serve",
+        sweeps=[["experiment=serve_placements"]],
+        by=["model.name", "trace.name"],
+        metrics=SERVE_METRICS,
+        timings=SERVE_MEASURED,
+        full=["engine.measure_iters=20", "engine.batch_tokens=4096", "trace.tokens=65536"],
     ),
     Step(
         name="ggeur_label_skew",
@@ -91,6 +152,8 @@ STEPS: list[Step] = [
         by=["dataset.name", "augment.kind"],
         metrics=["acc_local_mean", "acc_local_domain_avg"],
         full=["ggeur_target=500", "ggeur_per_prototype=500"],
+        data=FL_DATA,
+        data_sweeps=[0],
         report=fed_comparison_table,
     ),
     Step(

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.config import install_schemas
+from common.threads import limit_threads
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SHARED = (REPO / ".." / "shared").resolve()
@@ -19,6 +22,8 @@ needs_real_trace = pytest.mark.skipif(
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SUITE_PROGRESS", "0")
+limit_threads()  # one BLAS / torch thread per process, as the runners: two cores, noisy neighbours
+install_schemas("moe")  # the moe config groups compose from @schema dataclasses
 
 
 def shared_file(rel: str) -> Path:

@@ -9,10 +9,14 @@ seconds after the deadline when HiGHS has not stopped by itself.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import multiprocessing as mp
+import os
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -196,7 +200,11 @@ def run_guarded(payload: dict, deadline: float) -> _GuardedRun:
 
 
 def worker_main(conn: Connection) -> None:
-    """The worker process: answer ``("solve", payload)`` requests on ``conn`` until ``("stop", _)`` or EOF."""
+    """The worker process: answer ``("solve", payload)`` requests on ``conn`` until ``("stop", _)`` or EOF.
+
+    HiGHS's own log (``msg``) goes to stderr, with the suite's other diagnostics.
+    """
+    os.dup2(2, 1)
     while True:
         try:
             kind, payload = conn.recv()
@@ -266,13 +274,29 @@ def _stream_progress(h: Any, deadline: float, send: Any) -> None:
         h.startCallback(kind)
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Send file descriptor 1 to the null device for the duration (C libraries write there directly)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def _worker_solve(payload: dict, send: Any) -> dict:
     """Run one HiGHS solve (in the worker) and report status, objective, bound and values."""
     import highspy
 
     model: _HighsModel = payload["model"]
     deadline = float(payload["deadline"])
-    h = highspy.Highs()
+    with _quiet_stdout():  # HiGHS prints its banner when constructed, whatever output_flag says later
+        h = highspy.Highs()
     h.setOptionValue("output_flag", bool(payload["msg"]))
     h.setOptionValue("mip_rel_gap", float(payload["gap"]))
     if payload["abs_gap"] is not None:

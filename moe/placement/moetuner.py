@@ -175,9 +175,8 @@ def moetuner(
     ctraffic = stage2.cluster_traffic(r, cluster_of, g)
     sizes = np.stack([np.bincount(row, minlength=g) for row in cluster_of])
     left = max(0.05, opts.time_limit_s - (time.monotonic() - t0))
-    res2 = stage2.solve(
-        ctraffic, sizes, b, opts.stage2, opts.solver_options(), left, opts.max_joint_vars, seed
-    )
+    problem2 = stage2.Stage2Problem(ctraffic, sizes, b, opts.solver_options())
+    res2 = stage2.solve(problem2, opts.stage2, left, opts.max_joint_vars, seed)
     rep2 = res2.report
     log.info(
         f"stage 2 ({rep2['method']}): objective {rep2['objective']:.4g}, bound {rep2['bound']:.4g}, "

@@ -97,6 +97,15 @@ def memory_target(sizes: np.ndarray) -> tuple[int, int]:
     return total // g, -(-total // g)
 
 
+def memory_cap(sizes: np.ndarray, relaxed: bool) -> int:
+    """Most experts a GPU may hold over the model: ``ceil(E L / G)``, or relaxed by one layer's spread of
+    cluster sizes (``max - min``, at least 1), which is a real relaxation even when G divides ``E L``."""
+    hi = memory_target(sizes)[1]
+    if not relaxed:
+        return hi
+    return hi + max(1, int(sizes.max() - sizes.min()))
+
+
 def memory_per_gpu(mapping: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """``[G]`` experts each GPU holds over all layers."""
     out = np.zeros(sizes.shape[1], dtype=np.int64)
@@ -107,9 +116,9 @@ def memory_per_gpu(mapping: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 def memory_violation(mapping: np.ndarray, sizes: np.ndarray, relaxed: bool) -> int:
     """Experts above (and, unless relaxed, below) the memory target, summed over GPUs."""
-    lo, hi = memory_target(sizes)
+    lo = memory_target(sizes)[0]
     m = memory_per_gpu(mapping, sizes)
-    over = np.clip(m - hi, 0, None).sum()
+    over = np.clip(m - memory_cap(sizes, relaxed), 0, None).sum()
     under = 0 if relaxed else np.clip(lo - m, 0, None).sum()
     return int(over + under)
 
@@ -141,6 +150,45 @@ class Stage2Result:
     report: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Stage2Problem:
+    """What every stage 2 method works on.
+
+    Attributes:
+        ctraffic: ``C [L-1, G, G]`` cluster-to-cluster traffic between consecutive layers.
+        sizes: ``[L, G]`` experts per cluster.
+        bandwidth: ``B [G, G]`` GB/s.
+        options: solver settings (gap, threads, solver).
+    """
+
+    ctraffic: np.ndarray
+    sizes: np.ndarray
+    bandwidth: np.ndarray
+    options: milp.SolverOptions
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.sizes.shape[0])
+
+    @property
+    def num_gpus(self) -> int:
+        return int(self.sizes.shape[1])
+
+    def costs(self, mapping: np.ndarray) -> np.ndarray:
+        """``[L-1]`` slowest-link cost of every boundary."""
+        return boundary_costs(mapping, self.ctraffic, self.bandwidth)
+
+    def cost(self, mapping: np.ndarray) -> float:
+        return float(self.costs(mapping).sum())
+
+    def violation(self, mapping: np.ndarray, relaxed: bool) -> int:
+        return memory_violation(mapping, self.sizes, relaxed)
+
+    def key(self, mapping: np.ndarray, relaxed: bool) -> tuple[int, float]:
+        """(memory violation, total cost): what the descent lowers lexicographically."""
+        return self.violation(mapping, relaxed), self.cost(mapping)
+
+
 def joint_size(ctraffic: np.ndarray) -> int:
     """Product variables the joint ILP needs: ``G (G - 1) * nnz(C)``."""
     g = ctraffic.shape[1]
@@ -148,13 +196,7 @@ def joint_size(ctraffic: np.ndarray) -> int:
 
 
 def joint_ilp(
-    ctraffic: np.ndarray,
-    sizes: np.ndarray,
-    bandwidth: np.ndarray,
-    options: milp.SolverOptions,
-    time_limit_s: float,
-    relaxed: bool,
-    warm: np.ndarray | None,
+    problem: Stage2Problem, time_limit_s: float, relaxed: bool, warm: np.ndarray | None
 ) -> tuple[np.ndarray | None, milp.SolveResult]:
     """The paper's stage 2 ILP over all layers; returns the mapping (or ``None``) and the solve report.
 
@@ -163,6 +205,7 @@ def joint_ilp(
     the call, model building included.
     """
     deadline = time.monotonic() + time_limit_s
+    ctraffic, sizes, bandwidth, options = problem.ctraffic, problem.sizes, problem.bandwidth, problem.options
     num_layers, g = sizes.shape
     off = ~np.eye(g, dtype=bool)
     symmetric = bool(np.allclose(bandwidth[off], bandwidth[off][0]))
@@ -189,7 +232,7 @@ def joint_ilp(
             [(y[li, c, gg], float(sizes[li, c])) for li in range(num_layers) for c in range(g)]
         )
         if relaxed or lo != hi:
-            prob += mem <= hi, f"mem_hi_{gg}"
+            prob += mem <= memory_cap(sizes, relaxed), f"mem_hi_{gg}"
             if not relaxed:
                 prob += mem >= lo, f"mem_lo_{gg}"
         else:
@@ -232,17 +275,11 @@ def joint_ilp(
 
 
 def _improve_layer(
-    li: int,
-    mapping: np.ndarray,
-    ctraffic: np.ndarray,
-    sizes: np.ndarray,
-    bandwidth: np.ndarray,
-    relaxed: bool,
-    options: milp.SolverOptions,
-    time_limit_s: float,
+    problem: Stage2Problem, li: int, mapping: np.ndarray, relaxed: bool, time_limit_s: float
 ) -> np.ndarray | None:
     """Best permutation of layer ``li`` with its neighbours fixed (exact MILP within the gap/time)."""
     deadline = time.monotonic() + time_limit_s
+    ctraffic, sizes, bandwidth, options = problem.ctraffic, problem.sizes, problem.bandwidth, problem.options
     num_layers, g = sizes.shape
     inv = _inverse(mapping)
     prob = pulp.LpProblem("moetuner_stage2_layer", pulp.LpMinimize)
@@ -282,7 +319,7 @@ def _improve_layer(
         prob += pulp.lpSum(y[c, gg] for gg in range(g)) == 1
     for gg in range(g):
         prob += pulp.lpSum(y[c, gg] for c in range(g)) == 1
-    lo, hi = memory_target(sizes)
+    lo, hi = memory_target(sizes)[0], memory_cap(sizes, relaxed)
     others = memory_per_gpu(mapping, sizes) - np.bincount(mapping[li], weights=sizes[li], minlength=g).astype(
         int
     )
@@ -361,23 +398,16 @@ def repair_memory(mapping: np.ndarray, sizes: np.ndarray, max_steps: int = 1000)
 
 
 def improve(
-    mapping: np.ndarray,
-    ctraffic: np.ndarray,
-    sizes: np.ndarray,
-    bandwidth: np.ndarray,
-    relaxed: bool,
-    options: milp.SolverOptions,
-    deadline: float,
-    max_sweeps: int = 4,
+    problem: Stage2Problem, mapping: np.ndarray, relaxed: bool, deadline: float, max_sweeps: int = 4
 ) -> tuple[np.ndarray, int]:
     """Block-coordinate descent over layers until no layer improves, ``max_sweeps`` or ``deadline``.
 
     A step is kept only if it lowers (memory violation, total cost) lexicographically. Returns the mapping
     and the number of layer steps that were kept.
     """
-    num_layers = sizes.shape[0]
+    num_layers = problem.num_layers
     cur = mapping.copy()
-    key = (memory_violation(cur, sizes, relaxed), float(boundary_costs(cur, ctraffic, bandwidth).sum()))
+    key = problem.key(cur, relaxed)
     kept = 0
     for _ in range(max_sweeps):
         changed = False
@@ -386,15 +416,12 @@ def improve(
             if left <= 0.05:
                 return cur, kept
             limit = min(left, max(0.5, left / max(1, num_layers)))
-            row = _improve_layer(li, cur, ctraffic, sizes, bandwidth, relaxed, options, limit)
+            row = _improve_layer(problem, li, cur, relaxed, limit)
             if row is None:
                 continue
             cand = cur.copy()
             cand[li] = row
-            ck = (
-                memory_violation(cand, sizes, relaxed),
-                float(boundary_costs(cand, ctraffic, bandwidth).sum()),
-            )
+            ck = problem.key(cand, relaxed)
             if ck[0] < key[0] or (ck[0] == key[0] and ck[1] < key[1] * (1 - 1e-12) - 1e-12):
                 cur, key, changed = cand, ck, True
                 kept += 1
@@ -404,61 +431,57 @@ def improve(
 
 
 def solve(
-    ctraffic: np.ndarray,
-    sizes: np.ndarray,
-    bandwidth: np.ndarray,
-    method: str,
-    options: milp.SolverOptions,
-    time_limit_s: float,
-    max_joint_vars: int,
-    seed: int,
+    problem: Stage2Problem, method: str, time_limit_s: float, max_joint_vars: int, seed: int
 ) -> Stage2Result:
-    """Stage 2 with ``method`` in ``ilp`` (joint ILP when it fits ``max_joint_vars``, else decomposition),
-    ``decomposed`` (always the decomposition), ``greedy`` or ``random`` (ablations; memory not enforced).
+    """Stage 2 with ``method`` in ``ilp`` (joint ILP when it fits ``max_joint_vars`` and the decomposition has
+    not already proven the gap, else decomposition), ``decomposed``, ``greedy`` or ``random`` (ablations;
+    memory not enforced).
 
     Returns the mapping and a report: method used, status, objective (``sum_l M_l``), bound, gap,
     solve_time_s, size, memory (mode ``exact``/``relaxed``/``not_enforced``, per-GPU min/max), notes.
     """
     t_start = time.monotonic()
     deadline = t_start + time_limit_s
-    num_layers, g = sizes.shape
-    lb = lower_bounds(ctraffic, bandwidth)
+    lb = lower_bounds(problem.ctraffic, problem.bandwidth)
     report: dict = {"notes": []}
     if method == "random":
-        mapping = random_mapping(num_layers, g, seed)
-        report.update(method="random", status="heuristic")
+        mapping = random_mapping(problem.num_layers, problem.num_gpus, seed)
+        report.update(method="random", status="heuristic", _relaxed=None)
     elif method == "greedy":
-        mapping = greedy_chain(ctraffic, num_layers)
-        report.update(method="greedy", status="heuristic")
+        mapping = greedy_chain(problem.ctraffic, problem.num_layers)
+        report.update(method="greedy", status="heuristic", _relaxed=None)
     else:
-        size = joint_size(ctraffic)
+        size = joint_size(problem.ctraffic)
         report["joint_product_variables"] = size
         use_joint = method == "ilp" and size <= max_joint_vars
         if method == "ilp" and not use_joint:
             report["notes"].append(
                 f"joint ILP needs {size} product variables > max_joint_vars={max_joint_vars}; decomposed"
             )
-        mapping, relaxed, report_solve = _ilp_like(
-            ctraffic, sizes, bandwidth, options, deadline, use_joint, lb, report["notes"]
-        )
+        mapping, report_solve = _ilp_like(problem, deadline, use_joint, lb, report["notes"])
         report.update(report_solve)
-    costs = boundary_costs(mapping, ctraffic, bandwidth)
-    objective = float(costs.sum())
-    if method in ("random", "greedy"):
-        mem_mode = "not_enforced"
-        bound = float(lb.sum())
-    else:
-        mem_mode = "relaxed" if report.pop("_relaxed") else "exact"
-        bound = float(max(lb.sum(), report.get("solver_bound") or 0.0))
+    _finish_report(problem, mapping, report, lb, deadline)
+    report["wall_time_s"] = round(time.monotonic() - t_start, 6)
+    return Stage2Result(mapping, report)
+
+
+def _finish_report(
+    problem: Stage2Problem, mapping: np.ndarray, report: dict, lb: np.ndarray, deadline: float
+) -> None:
+    """Objective, bound, gap, memory and status of ``mapping`` into ``report`` (in place)."""
+    objective = problem.cost(mapping)
+    relaxed = report.pop("_relaxed")
+    mem_mode = "not_enforced" if relaxed is None else "relaxed" if relaxed else "exact"
+    bound = float(lb.sum()) if relaxed is None else float(max(lb.sum(), report.get("solver_bound") or 0.0))
     bound = min(bound, objective)
-    mem = memory_per_gpu(mapping, sizes)
-    lo, hi = memory_target(sizes)
+    mem = memory_per_gpu(mapping, problem.sizes)
+    lo = memory_target(problem.sizes)[0]
+    hi = memory_cap(problem.sizes, bool(relaxed))
     report.update(
         objective=objective,
         bound=bound,
         gap=milp.relative_gap(objective, bound),
         per_boundary_bound_sum=float(lb.sum()),
-        wall_time_s=round(time.monotonic() - t_start, 6),
         memory={"mode": mem_mode, "target": [lo, hi], "min": int(mem.min()), "max": int(mem.max())},
     )
     if mem_mode != "not_enforced" and (mem.max() > hi or (mem_mode == "exact" and mem.min() < lo)):
@@ -466,56 +489,60 @@ def solve(
         report["memory"]["met"] = False
     if report.get("status") not in ("heuristic", milp.NO_SOLUTION):
         met = report["memory"].get("met", True)
-        report["status"] = milp.placement_status(report["gap"], options.gap, deadline, met)
-    return Stage2Result(mapping, report)
+        report["status"] = milp.placement_status(report["gap"], problem.options.gap, deadline, met)
+
+
+def _decompose(problem: Stage2Problem, deadline: float, notes: list[str]) -> tuple[np.ndarray, bool, int]:
+    """Greedy chain, memory repair, coordinate descent; relaxes memory when the exact target is not met.
+
+    Returns the mapping, whether memory was relaxed, and the number of layer steps kept.
+    """
+    start = greedy_chain(problem.ctraffic, problem.num_layers)
+    mapping = repair_memory(start, problem.sizes)
+    mapping, kept = improve(problem, mapping, False, deadline)
+    relaxed = False
+    if problem.violation(mapping, relaxed=False) > 0:
+        relaxed = True
+        notes.append(
+            f"memory: E L / G per GPU not reached by the decomposition; relaxed to at most "
+            f"{memory_cap(problem.sizes, True)} experts per GPU"
+        )
+        mapping, k2 = improve(problem, mapping, True, deadline)
+        kept += k2
+    return mapping, relaxed, kept
 
 
 def _ilp_like(
-    ctraffic: np.ndarray,
-    sizes: np.ndarray,
-    bandwidth: np.ndarray,
-    options: milp.SolverOptions,
-    deadline: float,
-    use_joint: bool,
-    lb: np.ndarray,
-    notes: list[str],
-) -> tuple[np.ndarray, bool, dict]:
-    """Greedy chain, then (joint ILP with a warm start | coordinate descent), with the memory relaxation."""
-    num_layers, _ = sizes.shape
-    start = greedy_chain(ctraffic, num_layers)
-    out: dict = {}
-    relaxed = False
+    problem: Stage2Problem, deadline: float, use_joint: bool, lb: np.ndarray, notes: list[str]
+) -> tuple[np.ndarray, dict]:
+    """The decomposition, then the joint ILP warm-started from it unless the decomposition is proven within
+    the gap by the per-boundary bounds ``lb``."""
     # The decomposition also gives the joint ILP its warm start; give it a share of the time.
     share = 0.3 if use_joint else 1.0
     dec_deadline = time.monotonic() + share * max(0.0, deadline - time.monotonic())
-    mapping = repair_memory(start, sizes)
-    mapping, kept = improve(mapping, ctraffic, sizes, bandwidth, False, options, dec_deadline)
-    if memory_violation(mapping, sizes, relaxed=False) > 0:
-        relaxed = True
-        notes.append(
-            "memory: E L / G per GPU not reached by the decomposition; relaxed to at most ceil(E L / G)"
-        )
-        mapping, k2 = improve(mapping, ctraffic, sizes, bandwidth, True, options, deadline)
-        kept += k2
-    out.update(method="decomposed", status=milp.TIME_LIMIT, decomposition_steps_kept=kept)
-    if not use_joint:
-        return mapping, relaxed, out | {"_relaxed": relaxed, "solver_bound": None}
-    left = deadline - time.monotonic()
-    warm = mapping if memory_violation(mapping, sizes, relaxed) == 0 else None
-    joint, res = joint_ilp(ctraffic, sizes, bandwidth, options, max(0.05, left), relaxed, warm)
+    mapping, relaxed, kept = _decompose(problem, dec_deadline, notes)
+    out: dict = {"method": "decomposed", "status": milp.TIME_LIMIT, "decomposition_steps_kept": kept}
+    dec_gap = milp.relative_gap(problem.cost(mapping), float(lb.sum()))
+    proven = (
+        dec_gap is not None and dec_gap <= problem.options.gap and problem.violation(mapping, relaxed) == 0
+    )
+    if proven and use_joint:
+        notes.append(f"decomposition within {dec_gap:.4f} of the per-boundary bound: joint ILP skipped")
+    if not use_joint or proven:
+        return mapping, out | {"_relaxed": relaxed, "solver_bound": None}
+    warm = mapping if problem.violation(mapping, relaxed) == 0 else None
+    joint, res = joint_ilp(problem, max(0.05, deadline - time.monotonic()), relaxed, warm)
     if res.status == milp.INFEASIBLE and not relaxed:
         relaxed = True
         notes.append(
-            "memory: E L / G per GPU is infeasible (solver proved it); relaxed to at most ceil(E L / G)"
+            f"memory: E L / G per GPU is infeasible (solver proved it); relaxed to at most "
+            f"{memory_cap(problem.sizes, True)} experts per GPU"
         )
-        left = deadline - time.monotonic()
-        joint, res = joint_ilp(ctraffic, sizes, bandwidth, options, max(0.05, left), True, warm)
+        joint, res = joint_ilp(problem, max(0.05, deadline - time.monotonic()), True, warm)
     notes.extend(res.notes)
     out.update(solve_time_s=res.solve_time_s, size=res.to_info()["size"], solver_status=res.status)
-    cur_cost = boundary_costs(mapping, ctraffic, bandwidth).sum()
     if joint is not None and (
-        memory_violation(mapping, sizes, relaxed) > 0
-        or boundary_costs(joint, ctraffic, bandwidth).sum() <= cur_cost + 1e-9
+        problem.violation(mapping, relaxed) > 0 or problem.cost(joint) <= problem.cost(mapping) + 1e-9
     ):
         mapping = joint
         out.update(method="joint_ilp", status=res.status)
@@ -524,4 +551,4 @@ def _ilp_like(
     sb = res.bound if res.bound is not None and math.isfinite(res.bound) else None
     out["solver_bound"] = sb  # valid for the joint problem whichever mapping is kept
     out["_relaxed"] = relaxed
-    return mapping, relaxed, out
+    return mapping, out

@@ -17,7 +17,7 @@ from common.errors import ConfigError
 from common.experiment import run_experiment
 from moe.paper_numbers import PAPER_RESULTS
 from moe.placement.base import Placement
-from moe.report import comparison_rows, moe_comparison_table
+from moe.report import comparison_rows, moe_comparison_report, moe_comparison_table
 from runners.hydra_entry import CONF_DIR
 from runners.moe_place import make_placer, run
 from tests.conftest import needs_real_trace
@@ -103,9 +103,14 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 
 
 def test_solver_placement_reports_gap_and_is_capped(tmp_path):
-    m = place(tmp_path, "moetuner", "+placement_time_limit_s=3", "trace.max_tokens=3000")["metrics"]
+    rec = place(tmp_path, "moetuner", "+placement_time_limit_s=3", "trace.max_tokens=3000")
+    m = rec["metrics"]
     assert "gap" in m and m["solve_time_s"] >= 0
     assert m["place_time_s"] < 3 + 10  # the cap reaches the solver (generous margin for set-up)
+    assert rec["labels"]["status"] in ("optimal", "feasible", "time_limit")  # top-level, for tables
+    assert m[f"status_{rec['labels']['status']}"] == 1.0
+    rows = comparison_rows([rec]).to_dict("records")
+    assert rows[0]["status"] == f"{rec['labels']['status']} 1"
 
 
 def test_bad_topology_fails_before_any_output(tmp_path):
@@ -136,7 +141,7 @@ def test_presets_sweep_every_placement_both_traces_and_seeds(name):
     assert cfg.topology.name == topo
     assert cfg.trace.max_tokens and cfg.placement_time_limit_s and cfg.eval.batch_tokens
     params = cfg.hydra.sweeper.params
-    assert params.placement.split(",") == [*PLACEMENTS, "moetuner_replicas"]
+    assert params.placement.split(",") == [*PLACEMENTS, "moetuner_replicas", "grace", "moetuner_plus"]
     assert params.trace.split(",") == ["synthetic", "deepseek_v2_lite"]
     assert len(str(params.seed).split(",")) >= 3
     for p in PLACEMENTS:
@@ -196,6 +201,18 @@ def test_comparison_table_from_real_run_records(tmp_path):
         ("synthetic:mixtral_8x7b", "greedy", 2),
     ]
     assert rows[0]["speedup_vs_contiguous_mean"] == 1.0
+    runs = [(name, s) for name in ("contiguous", "greedy") for s in (0, 1)]  # as ``records`` was made
+    for rec, (name, seed) in zip(records, runs, strict=True):
+        rec["path"] = str(tmp_path / f"{name}-{seed}" / "result.json")
+    written = moe_comparison_report(records, tmp_path / "report")
+    names = sorted(p.name for p in written)
+    assert names == [
+        "gpu_load_synthetic_mixtral_8x7b.png",
+        "layer_time.png",
+        "moe_comparison.csv",
+        "moe_comparison.md",
+    ]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written if p.suffix == ".png")
 
 
 @pytest.mark.slow
@@ -232,15 +249,19 @@ def test_trace_model_dims_replace_the_topology_values():
     import pytest
 
     from common.errors import ConfigError
-    from runners.moe_place import with_model_dims
+    from moe.topology import Topology
+    from moe.trace_source import FileTrace, trace_source
 
-    topo = {"hidden_size": 4096, "compute": {"expert_flops_per_token": 1, "gpu_tflops": 989}}
-    out = with_model_dims(topo, {"hidden_size": 2048, "expert_flops_per_token": 17301504})
-    assert out == {"hidden_size": 2048, "compute": {"expert_flops_per_token": 17301504, "gpu_tflops": 989}}
-    assert topo["hidden_size"] == 4096  # the input is not modified
-    assert with_model_dims(topo, None) is topo
+    topo = Topology(name="t", hidden_size=4096)
+    src = FileTrace(path="x.npz", model={"hidden_size": 2048, "expert_ffn": 1408})
+    out = src.topology_for(topo)
+    assert out.bytes_per_token == 2048 * 2 and out.compute.expert_flops_per_token == 6 * 2048 * 1408
+    assert topo.hidden_size == 4096  # the input is not modified
+    assert FileTrace(path="x.npz").topology_for(topo) is topo  # with a one-line warning
+    explicit = FileTrace(path="x.npz", model={"bytes_per_token": 1000, "expert_flops_per_token": 5e6})
+    assert explicit.topology_for(topo).bytes_per_token == pytest.approx(1000)
     with pytest.raises(ConfigError, match="trace.model"):
-        with_model_dims(topo, {"hidden": 1})
+        trace_source({"_target_": "moe.trace_source.FileTrace", "path": "x.npz", "model": {"hidden": 1}})
 
 
 def test_placement_label_names_variants_in_tables():

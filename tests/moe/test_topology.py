@@ -96,7 +96,8 @@ def test_full_bandwidth_matrix_and_measured_compute():
         ({"intra_node_gbps": -1}, "topology.intra_node_gbps"),
         ({"inter_node_gbps": None}, "topology.inter_node_gbps"),
         ({"bandwidth_matrix": [[0, 1], [1, 0]]}, "topology.bandwidth_matrix"),
-        ({"compute": {"gpu_tflops": 100}}, "topology.compute"),
+        ({"compute": {"gpu_tflops": None}}, "topology.compute"),
+        ({"link_model": "mesh"}, "topology.link_model"),
         (
             {"compute": {"expert_flops_per_token": 1, "gpu_tflops": 1, "efficiency": 2}},
             "topology.compute.efficiency",
@@ -110,3 +111,15 @@ def test_bad_config_names_the_key(change, key):
     with pytest.raises(ConfigError) as err:
         topology_from_config({**BASE, **change})
     assert err.value.key == key
+
+
+def test_compute_file_from_a_calibration_replaces_the_compute_term(tmp_path):
+    from moe.topology import topology_from_config
+
+    path = tmp_path / "compute.yaml"
+    path.write_text("# measured\ncompute:\n  time_per_token_s: 2.5e-07\n")
+    topo = topology_from_config({"name": "x", "compute": {"gpu_tflops": 1}, "compute_file": str(path)})
+    assert topo.compute.time_per_token_s == 2.5e-07
+    path.write_text("compute: {}\n")
+    with pytest.raises(ConfigError, match="topology.compute_file.*time_per_token_s"):
+        topology_from_config({"name": "x", "compute_file": str(path)})

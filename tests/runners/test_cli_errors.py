@@ -86,3 +86,23 @@ def test_ctrl_c_ends_in_one_line_and_leaves_no_record(tmp_path, monkeypatch, cap
     assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "run" / "result.json").exists()
     assert not list((tmp_path / "run").glob(".tmp-*"))
+
+
+def test_quiet_console_one_line_per_job_details_in_events(tmp_path, monkeypatch, capsys):
+    code, err = cli(
+        "runners.moe", *QUICK, "placement=greedy", tmp_path=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert code == 0
+    assert len(err) == 1 and err[0].startswith("done: ") and "speedup_vs_contiguous=" in err[0]
+    events = (tmp_path / "run" / "events.jsonl").read_text()
+    assert '"kind": "log"' in events  # the details the console left out
+    code, err = cli(
+        "runners.moe",
+        "-v",
+        *QUICK,
+        "placement=greedy",
+        tmp_path=tmp_path / "v",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert code == 0 and len(err) > 5  # -v shows them

@@ -51,7 +51,7 @@ def test_multirun_resume_by_default_in_its_own_folder(tmp_path, monkeypatch, cap
     before = _events(sweep)
     err = _sweep(sweep, monkeypatch, capsys)  # the same command again: resume=true is the default
     assert _events(sweep)["0"] == before["0"]  # job 0 did not run again
-    assert "already complete" in err
+    assert "skipped: a complete record" in err
     redone = json.loads((sweep / "1" / "result.json").read_text())
     assert redone["metrics"] == records["1"]["metrics"]  # re-run, bit-identical numbers
     assert redone["config_hash"] == records["1"]["config_hash"]
@@ -69,7 +69,7 @@ def test_nothing_is_taken_from_another_folder_unless_named(tmp_path, monkeypatch
         for j in "01"
     )
     err = _sweep(tmp_path / "third", monkeypatch, capsys, f"resume_dir={first}")
-    assert "already complete" in err
+    assert "skipped: a complete record" in err
     copied = json.loads((tmp_path / "third" / "0" / "result.json").read_text())
     assert copied["resumed_from"] == str(first / "0" / "result.json")
 
@@ -77,3 +77,19 @@ def test_nothing_is_taken_from_another_folder_unless_named(tmp_path, monkeypatch
 def test_resume_with_an_empty_resume_dir_runs_everything(tmp_path, monkeypatch, capsys):
     _sweep(tmp_path / "s", monkeypatch, capsys, "resume_dir=/definitely/not/here")
     assert (tmp_path / "s" / "0" / "result.json").exists() and (tmp_path / "s" / "1" / "result.json").exists()
+
+
+def test_without_shared_data_steps_run_offline_or_skip(tmp_path):
+    by_name = {s.name: s for s in STEPS}
+    plan, missing = by_name["moe_single_node"].plan(tmp_path)  # an empty folder in place of ../shared
+    assert missing and plan == [["experiment=moetuner_single_node", "trace=synthetic"]]
+    plan, missing = by_name["moe_trace_stats"].plan(tmp_path)
+    assert plan == [["experiment=moetuner_trace_stats"]]  # the real-trace sweep is dropped
+    plan, missing = by_name["ggeur_domain_skew"].plan(tmp_path)
+    assert plan == [] and missing
+    assert by_name["ggeur_label_skew"].plan(tmp_path) == (by_name["ggeur_label_skew"].sweeps, [])
+
+
+def test_committed_tables_hold_no_wall_clock_metric():
+    for step in STEPS:
+        assert not [m for m in step.metrics if m.endswith("time_s") and "layer" not in m], step.name

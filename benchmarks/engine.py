@@ -1,0 +1,117 @@
+"""Engine throughput: ``python -m benchmarks.engine [--nproc 4] [--iters 10]``.
+
+Runs ``runners.serve experiment=serve_placements`` (contiguous, EPLB, MoETuner and the suite's best placement
+on 4 gloo ranks on this CPU, tiny sizes) and records per placement the step time, dispatch / combine tails and
+tokens/s. The baseline, measured in the same run: a single-process forward of the same layers on the same
+batch (every expert in one process, no communication); ``overhead_vs_single_process`` = engine step time /
+that forward's time. Writes a run record into ``results/bench/engine/`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from benchmarks.timing import best_time
+from common.config import install_schemas
+from common.experiment import RunContext, RunOutput, run_experiment
+from common.log import get_logger
+from common.threads import limit_threads
+from moe.engine.batches import BatchSource, slots_ranked
+from moe.engine.model import reference_forward
+from moe.engine.weights import dense_weights
+from runners.hydra_entry import CONF_DIR
+from runners.moe_inputs import load_traces
+from runners.serve_body import model_spec, trace_config
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "results" / "bench" / "engine"
+PLACEMENT_KEYS = (
+    "step_time_s",
+    "tokens_per_s",
+    "a2a_time_tail_s",
+    "layer_time_tail_s",
+    "compute_time_tail_s",
+)
+
+
+def preset_config(overrides: list[str]) -> dict:
+    """The resolved ``serve`` config of the preset (same composition as the runner)."""
+    install_schemas("moe")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("serve", overrides=["experiment=serve_placements", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def single_process_step_s(cfg: dict, repeats: int) -> float:
+    """Best seconds of one forward of batch 0 through all layers in this process (every expert local)."""
+    spec = model_spec(cfg)
+    eng = cfg["engine"]
+    _, evaluation = load_traces(trace_config(cfg, spec), int(cfg["seed"]))
+    source = BatchSource(
+        eng["batch_tokens"], 1, spec.hidden_size, int(cfg["seed"]),
+        experts=evaluation.experts[:, : spec.num_layers], ranked=slots_ranked(evaluation),
+    )  # fmt: skip
+    batch = source.batch(0, 0)
+    dev, dt = torch.device("cpu"), torch.float32
+    dense = [dense_weights(int(cfg["seed"]), li, spec).to(dev, dt) for li in range(spec.num_layers)]
+    cache: dict = {}
+    return best_time(
+        lambda: reference_forward(spec, dense, int(cfg["seed"]), batch, eng["seq_len"], dev, dt, cache),
+        repeats,
+    )
+
+
+def body(ctx: RunContext, overrides: list[str], repeats: int) -> RunOutput:
+    log = get_logger("bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "runners.serve", "experiment=serve_placements", "engine.check_reference=false",
+               f"hydra.run.dir={tmp}", *overrides]  # fmt: skip
+        log.info(" ".join(cmd[1:]))
+        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "SUITE_PROGRESS": "0"}, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: runners.serve failed with status {proc.returncode}")
+        served = json.loads((Path(tmp) / "result.json").read_text())["metrics"]
+    single = single_process_step_s(preset_config(overrides), repeats)
+    labels = sorted({k.removesuffix("_step_time_s") for k in served if k.endswith("_step_time_s")})
+    metrics: dict[str, float] = {
+        "single_process_step_s": single,
+        "model_rank_agreement": served["model_rank_agreement"],
+    }
+    print(f"{'placement':28s} {'step s':>9s} {'tokens/s':>10s} {'a2a tail s':>11s} {'overhead':>9s}")
+    for lb in labels:
+        for key in PLACEMENT_KEYS:
+            metrics[f"{lb}_{key}"] = served[f"{lb}_{key}"]
+        metrics[f"{lb}_overhead_vs_single_process"] = served[f"{lb}_step_time_s"] / single
+        print(f"{lb:28s} {served[f'{lb}_step_time_s']:9.4f} {served[f'{lb}_tokens_per_s']:10.0f} "
+              f"{served[f'{lb}_a2a_time_tail_s']:11.4f} {metrics[f'{lb}_overhead_vs_single_process']:9.2f}")  # fmt: skip
+    print(f"single-process forward of the same batch: {single:.4f} s")
+    return RunOutput(metrics=metrics)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nproc", type=int, default=4, help="gloo ranks")
+    ap.add_argument("--iters", type=int, default=10, help="measured iterations per placement")
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="repeats of the single-process forward (best kept)"
+    )
+    ap.add_argument("--out", type=Path, default=OUT, help="run folder for result.json")
+    args = ap.parse_args(argv)
+    limit_threads()
+    overrides = [f"engine.nproc={args.nproc}", f"engine.measure_iters={args.iters}"]
+    config = {"benchmark": "engine", "overrides": overrides, "repeats": args.repeats, "seed": 0}
+    run_experiment(config, "serve", lambda ctx: body(ctx, overrides, args.repeats), run_dir=args.out)
+
+
+if __name__ == "__main__":
+    main()

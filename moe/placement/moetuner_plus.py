@@ -1,0 +1,266 @@
+"""MoETuner+ (beyond the paper): the best of MoETuner+replicas, EPLB, GRACE and ExFlow+replicas on the profiled
+trace, then a local search that lowers the cost model's modelled MoE-layer time itself.
+
+1. Candidates, all with the same memory (at most ``replicas`` extra expert slots per layer): MoETuner with
+   hot replicas (stage 1 balances load, stage 2 places clusters for inter-layer locality), EPLB (load only),
+   GRACE (grouping by inter-layer affinity under a load cap, then replicas) and ExFlow (fewest cross-GPU
+   consecutive-layer pairs) with hot replicas. Each is replayed on the profiling
+   trace (at most ``search_tokens`` tokens) with the run's topology and ``eval`` rules; the fastest starts.
+2. Local search, layer by layer for ``sweeps`` sweeps: moves that keep every GPU's slot count: swap two
+   experts (or replicas) between GPUs (the hottest GPU's experts against the coolest GPUs', best-balancing
+   partner first, plus ``random_moves`` random pairs), and retarget a replica (a copy of the expert with the
+   lowest load per copy becomes a copy of the expert with the highest one). A move is kept when the modelled
+   time of its layer plus the next one (whose dispatch starts where this layer leaves the tokens) drops.
+
+Everything is measured on the profiling part only; the run judges the result on the evaluation part. The
+search is deterministic for a given seed (a move budget, not a time budget; ``time_limit_s`` caps the
+candidates and, separately, the search, and a search that hits its cap reports status ``time_limit``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.config import schema
+from common.errors import ConfigError, InputError
+from common.log import get_logger
+from moe.cost_model import EvalOptions, LayerModel
+from moe.placement.base import Placement
+from moe.placement.eplb import eplb
+from moe.placement.exflow import ExFlow
+from moe.placement.grace import grace
+from moe.placement.moetuner import MoETuner
+from moe.placement.placer import PlacementProblem, Placer
+from moe.placement.profiled import ProfiledProblem
+from moe.placement.replicas import add_hot_replicas
+
+Layer = list[list[int]]
+
+
+def _gpu_loads(layer: Layer, load: np.ndarray) -> np.ndarray:
+    copies = np.zeros(load.size)
+    for gpu in layer:
+        copies[gpu] += 1
+    return np.array([sum(load[e] / copies[e] for e in gpu) for gpu in layer])
+
+
+def _swap(layer: Layer, g1: int, x: int, g2: int, y: int) -> Layer | None:
+    if x in layer[g2] or y in layer[g1]:
+        return None
+    out = [list(gpu) for gpu in layer]
+    out[g1][out[g1].index(x)] = y
+    out[g2][out[g2].index(y)] = x
+    return out
+
+
+def candidate_moves(
+    layer: Layer, load: np.ndarray, rng: np.random.Generator, random_moves: int
+) -> list[Layer]:
+    """New versions of one layer's assignment (see the module docstring), best guesses first."""
+    g = len(layer)
+    gl = _gpu_loads(layer, load)
+    hot = int(np.argmax(gl))
+    out: list[Layer] = []
+    for x in sorted(layer[hot], key=lambda e: -load[e])[:3]:
+        for g2 in np.argsort(gl)[:3].tolist():
+            if g2 == hot or not layer[g2]:
+                continue
+            target = (gl[hot] - gl[g2]) / 2  # ideal load difference moved
+            y = min(layer[g2], key=lambda e: abs(load[x] - load[e] - target))
+            if load[y] < load[x] and (cand := _swap(layer, hot, x, g2, y)) is not None:
+                out.append(cand)
+    for _ in range(random_moves):
+        g1, g2 = rng.choice(g, size=2, replace=False).tolist()
+        if layer[g1] and layer[g2]:
+            x, y = int(rng.choice(layer[g1])), int(rng.choice(layer[g2]))
+            if (cand := _swap(layer, g1, x, g2, y)) is not None:
+                out.append(cand)
+    out.extend(_retarget(layer, load))
+    return out
+
+
+def _retarget(layer: Layer, load: np.ndarray) -> list[Layer]:
+    """Turn one copy of the replicated expert with the least load per copy into a copy of the hottest one."""
+    copies = np.zeros(load.size)
+    for gpu in layer:
+        copies[gpu] += 1
+    if copies.max() < 2:
+        return []
+    per = load / np.maximum(copies, 1)
+    cold = int(np.argmin(np.where(copies >= 2, per, np.inf)))
+    out = []
+    for hot in np.argsort(-per)[:2].tolist():
+        if hot == cold:
+            continue
+        for gi, gpu in enumerate(layer):
+            if cold in gpu and hot not in gpu:
+                new = [list(x) for x in layer]
+                new[gi][new[gi].index(cold)] = hot
+                out.append(new)
+                break
+    return out
+
+
+def _accept(
+    model: LayerModel, st: SearchState, li: int, layer: Layer, t_l: float, nxt: np.ndarray, t_n: float
+) -> None:
+    """Take a move: with position-local rules only layers ``li`` and ``li + 1`` change, else replay onward."""
+    st.layers[li] = layer
+    if model.positions_are_local:
+        st.times[li] = t_l
+        if li + 1 < len(st.layers):
+            st.times[li + 1] = t_n
+            st.src[li + 1] = nxt
+        return
+    tail, pos = model.forward(st.layers[li:], li, st.src[li])
+    st.times[li:] = tail
+    st.src[li + 1 :] = pos[1:]
+
+
+@dataclass
+class SearchState:
+    """The assignment being improved, its per-layer times and the token positions entering every layer."""
+
+    layers: list[Layer]
+    times: np.ndarray
+    src: list[np.ndarray]
+
+
+def local_search(
+    model: LayerModel,
+    load: np.ndarray,
+    start: Placement,
+    sweeps: int,
+    random_moves: int,
+    seed: int,
+    deadline: float,
+) -> tuple[Placement, dict]:
+    """Improve ``start`` move by move on ``model`` (see the module docstring); returns it and a report."""
+    times, src = model.forward(start.assignment)
+    st = SearchState([[list(g) for g in layer] for layer in start.assignment], times, src)
+    before = float(times.sum())
+    rng = np.random.default_rng([seed, 7])
+    kept = tried = 0
+    num_layers = len(st.layers)
+    for _ in range(sweeps):
+        for li in range(num_layers):
+            for cand in candidate_moves(st.layers[li], load[li], rng, random_moves):
+                if time.monotonic() > deadline:
+                    break
+                tried += 1
+                t_l, nxt = model.time(li, cand, st.src[li])
+                old = st.times[li] + (st.times[li + 1] if li + 1 < num_layers else 0.0)
+                t_n = model.time(li + 1, st.layers[li + 1], nxt)[0] if li + 1 < num_layers else 0.0
+                if t_l + t_n < old * (1 - 1e-9):
+                    _accept(model, st, li, cand, t_l, nxt, t_n)
+                    kept += 1
+    report = {
+        "profile_time_before_s": before,
+        "profile_time_after_s": float(st.times.sum()),
+        "moves_tried": tried,
+    }
+    report["moves_kept"] = kept
+    return Placement(st.layers, num_experts=start.num_experts, name="moetuner_plus"), report
+
+
+def _candidates(problem: PlacementProblem, opts: MoETunerPlus, deadline: float) -> dict[str, Placement]:
+    """The starting placements with ``opts.replicas`` extra slots per layer (EPLB only when it fits)."""
+    g = problem.num_gpus
+    left = max(0.5, deadline - time.monotonic())
+    mt = MoETuner(
+        time_limit_s=opts.moetuner_share * left, replicas=opts.replicas, max_joint_vars=opts.max_joint_vars
+    )
+    out = {"moetuner+replicas": mt.place(problem)}
+    if (problem.num_experts + opts.replicas) % g == 0 and problem.gpus_per_node <= g:
+        try:
+            out["eplb"] = eplb(problem.load, g, problem.gpus_per_node, num_redundant=opts.replicas)
+        except InputError:
+            pass
+    out["grace"] = grace(problem, opts.replicas)
+    left = max(0.5, deadline - time.monotonic())
+    ex = ExFlow(time_limit_s=min(left, opts.moetuner_share * opts.time_limit_s)).place(problem)
+    assignment, _ = add_hot_replicas(ex.assignment, problem.load, opts.replicas)
+    out["exflow+replicas"] = Placement(assignment, num_experts=problem.num_experts, name="exflow")
+    return out
+
+
+@schema("placement", "moetuner_plus")
+@dataclass(frozen=True)
+class MoETunerPlus(Placer):
+    """MoETuner+: the best start of MoETuner+replicas / EPLB / GRACE / ExFlow+replicas, then a cost-model
+    local search.
+
+    Attributes:
+        replicas: extra expert slots per layer for every candidate (the YAML: one per EP rank).
+        time_limit_s: cap on the candidates and, separately, on the search.
+        moetuner_share: part of the budget for each solver candidate (MoETuner, ExFlow).
+        max_joint_vars: MoETuner's largest joint stage 2 ILP.
+        search_tokens: profiling tokens replayed by the search (the first ones; whole batches).
+        sweeps: passes over the layers.
+        random_moves: random swaps tried per layer and sweep, besides the load-guided ones.
+    """
+
+    name = "moetuner_plus"
+    replicas: int = 0
+    time_limit_s: float = 60.0
+    moetuner_share: float = 0.3
+    max_joint_vars: int = 20000
+    search_tokens: int = 8192
+    sweeps: int = 2
+    random_moves: int = 6
+
+    def __post_init__(self) -> None:
+        for key, lo in (
+            ("replicas", 0),
+            ("max_joint_vars", 0),
+            ("search_tokens", 1),
+            ("sweeps", 0),
+            ("random_moves", 0),
+        ):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(key, f"expected an integer >= {lo}, got {v!r}")
+        if (
+            isinstance(self.time_limit_s, bool)
+            or not isinstance(self.time_limit_s, int | float)
+            or self.time_limit_s <= 0
+        ):
+            raise ConfigError(
+                "time_limit_s", f"expected a positive number of seconds, got {self.time_limit_s!r}"
+            )
+        if not isinstance(self.moetuner_share, int | float) or not 0 < self.moetuner_share < 1:
+            raise ConfigError("moetuner_share", f"expected a number in (0, 1), got {self.moetuner_share!r}")
+
+    def place(self, problem: PlacementProblem) -> Placement:
+        if not isinstance(problem, ProfiledProblem) or problem.experts is None or problem.topology is None:
+            raise InputError(
+                "moetuner_plus: needs the profiling trace and the topology (a ProfiledProblem, as runners.moe_place "
+                "builds it)"
+            )
+        t0 = time.monotonic()
+        deadline = t0 + float(self.time_limit_s)
+        starts = _candidates(problem, self, deadline)
+        experts = np.asarray(problem.experts)[: self.search_tokens]
+        opts = problem.options or EvalOptions()
+        model = LayerModel(experts, problem.topology, opts, problem.slot_order, problem.num_experts)
+        scores = {k: float(model.forward(p.assignment)[0].sum()) for k, p in starts.items()}
+        best = min(scores, key=lambda k: (scores[k], k))
+        # The search has its own cap (the candidates may overrun theirs): a move budget, so runs repeat.
+        search_deadline = time.monotonic() + float(self.time_limit_s)
+        placement, report = local_search(
+            model, problem.load, starts[best], self.sweeps, self.random_moves, problem.seed, search_deadline
+        )
+        status = "time_limit" if time.monotonic() > search_deadline else "heuristic"
+        placement.info = {
+            "status": status,
+            "start": best,
+            "start_profile_times_s": scores,
+            "search": report,
+            "solve_time_s": round(time.monotonic() - t0, 6),
+            "notes": [f"started from {best}; {report['moves_kept']} of {report['moves_tried']} moves kept"],
+        }
+        get_logger("moe.placement.moetuner_plus").info(placement.info["notes"][0])
+        return placement

@@ -1,0 +1,132 @@
+"""``runners.serve``: the run record and its named metrics, one error line for bad input or a failing rank,
+non-MoE models refused, calibrate mode on the CPU and its topology override read by ``runners.moe``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from common.errors import ConfigError
+from moe.engine.comm import init_distributed
+from moe.engine.spec import EngineOptions
+from moe.placement.simple import contiguous
+from moe.topology import topology_from_config
+from runners.serve import check_model_override, moe_model_options
+from runners.serve_body import model_spec
+from runners.serve_launch import launch_local
+from tests.conftest import CONF_DIR, REPO
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "SUITE_THREADS": "1", "SUITE_PROGRESS": "0"}
+
+
+def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "runners.serve", *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+def test_two_rank_run_records_the_named_metrics(tmp_path: Path) -> None:
+    proc = serve("engine.nproc=2", "engine.check_reference=true", "engine.measure_iters=2",
+                 "trace.tokens=4096", f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads((tmp_path / "result.json").read_text())
+    m = rec["metrics"]
+    for name in ("step_time_s", "a2a_time_tail_s", "tokens_per_s", "max_abs_err_vs_reference"):
+        assert m[name] is not None and m[name] >= 0, name
+    assert m["step_time_s"] > 0 and m["tokens_per_s"] > 0
+    assert m["max_abs_err_vs_reference"] < 1e-4 and m["reference_ok"] == 1
+    assert m["dispatch_matches_cost_model"] == 1 and m["world_size"] == 2
+    assert rec["config"]["runtime"]["backend"] == "gloo"
+    assert rec["config"]["runtime"]["device_names"] == ["cpu", "cpu"]
+    assert {"placement.json", "engine.npz"} <= set(rec["artifacts"])
+    with np.load(tmp_path / "engine.npz") as z:  # rows and bytes per rank pair vs the cost model's dispatch
+        np.testing.assert_array_equal(z["sent_rows"], z["model_dispatch"])
+        np.testing.assert_array_equal(z["sent_bytes"], z["model_dispatch"] * 64 * 4)  # H=64, fp32
+        assert z["phase_s"].shape == (2, 2, 2, 3)  # ranks x iterations x layers x phases
+
+
+@pytest.mark.slow
+def test_placement_for_another_model_stops_every_rank_with_one_line(tmp_path: Path) -> None:
+    contiguous(2, 16, 2).save(tmp_path / "p16.json")
+    proc = serve("engine.nproc=2", f"placement_file={tmp_path / 'p16.json'}", "trace.tokens=2048",
+                 f"hydra.run.dir={tmp_path / 'run'}", timeout=90)  # fmt: skip
+    assert proc.returncode == 2
+    assert error_lines(proc.stderr) == [
+        "error: placement 'contiguous' has 16 experts per layer, model 'mixtral_tiny' has 8"
+    ]
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def _fault(cfg: dict, run_dir: str, roots: list[str]) -> None:
+    """Rank 1 raises between collectives; rank 0 is left waiting in an all-reduce."""
+    init_distributed(EngineOptions(backend="gloo", device="cpu", timeout_s=60))
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    if dist.get_rank() == 1:
+        raise RuntimeError("injected fault")
+    dist.all_reduce(t)
+
+
+def test_a_rank_that_raises_stops_all_ranks_with_its_error_on_rank_0(capfd: pytest.CaptureFixture) -> None:
+    assert launch_local(_fault, 2, {}, ".", []) == 2
+    err = capfd.readouterr().err
+    assert error_lines(err) == ["error: rank 1: RuntimeError: injected fault"], err[-2000:]
+
+
+def test_non_moe_model_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'linear' is not an MoE model"):
+        model_spec({"model": {"_target_": "fedgeo.models.Linear", "name": "linear"}})
+    conf = tmp_path / "conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "model" / "linear.yaml").write_text("_target_: fedgeo.models.LinearOptions\nname: linear\n")
+    (conf / "model" / "mixtral_tiny.yaml").write_text((CONF_DIR / "model" / "mixtral_tiny.yaml").read_text())
+    with pytest.raises(SystemExit) as exc:
+        check_model_override(["model=linear"], str(conf))
+    assert exc.value.code == 2
+    check_model_override(["model=mixtral_tiny"], str(conf))
+    assert moe_model_options() == ["deepseek_v2_lite_shape", "mixtral_8x7b_shape", "mixtral_tiny"]
+
+
+@pytest.mark.slow
+def test_calibrate_on_cpu_writes_an_override_that_topologies_load(tmp_path: Path) -> None:
+    proc = serve("mode=calibrate", "calibrate.token_counts=[1,8,64,256]", "calibrate.repeats=3",
+                 "calibrate.device=auto", f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if "cuda" not in proc.stderr.lower():
+        assert "measuring on this CPU" in proc.stderr
+    m = json.loads((tmp_path / "result.json").read_text())["metrics"]
+    assert m["calib_per_token_s"] > 0 and m["calib_time_per_token_s"] >= m["calib_per_token_s"]
+    topo = topology_from_config({"name": "x", "compute_file": str(tmp_path / "compute.yaml")})
+    assert topo.compute.time_per_token_s == pytest.approx(m["calib_time_per_token_s"])
+    with pytest.raises(ConfigError, match="topology.compute_file"):
+        topology_from_config({"name": "x", "compute_file": str(tmp_path / "missing.yaml")})
+
+
+@pytest.mark.slow
+def test_serve_placements_preset_records_the_comparison(tmp_path: Path) -> None:
+    proc = serve("experiment=serve_placements", "engine.measure_iters=2", "placement_time_limit_s=5",
+                 f"hydra.run.dir={tmp_path}", timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "result.json").read_text())
+    m = rec["metrics"]
+    assert 0.0 <= m["model_rank_agreement"] <= 1.0 and m["placements_compared"] == 4
+    for label in ("contiguous", "eplb", "moetuner"):
+        assert m[f"{label}_dispatch_matches_cost_model"] == 1
+        assert m[f"{label}_max_abs_err_vs_reference"] < 1e-4
+        assert m[f"{label}_step_time_s"] > 0
+    assert any(k.startswith("best_") and k.endswith("_step_time_s") for k in m)
+    assert m["contiguous_layer_time_tail_reduction"] == 0.0
+    assert (tmp_path / "serve_placements.md").is_file()
