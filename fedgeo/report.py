@@ -39,7 +39,7 @@ PAPER_OFFICE_HOME_LDS = {  # beta 0.1, unweighted average over the four domains;
 
 CSV_NAME, MD_NAME = "ggeur_comparison.csv", "ggeur_comparison.md"
 FL_CSV_NAME, FL_MD_NAME, FL_PLOT_NAME = "ggeur_fl_vs_paper.csv", "ggeur_fl_vs_paper.md", "ggeur_fl_rounds.png"
-KEYS = ["mode", "dataset", "partition", "setting", "strategy"]
+KEYS = ["mode", "dataset", "partition", "setting", "strategy", "budget"]
 METRIC = {"local": "acc_local_mean", "fl": "acc_final"}
 DOMAIN_AVG = {"local": "acc_local_domain_avg", "fl": "acc_domain_avg_final"}
 
@@ -48,6 +48,17 @@ def _setting(part: Mapping[str, Any]) -> str:
     if part.get("method") in ("dirichlet", "domain_dirichlet"):
         return f"beta={part.get('beta')}"
     return f"fraction={part.get('fraction')}"
+
+
+def budget_label(cfg: Mapping[str, Any], mode: str) -> str:
+    """How far each client trains, so that rows with different budgets are told apart: ``mode=fl``:
+    ``epochs=E`` (the paper's rule: an augmented client takes more steps) or ``steps>=N`` per round
+    (``fl.min_local_steps``, equal budgets); ``mode=local``: ``steps>=N`` (``train.min_steps``)."""
+    if mode == "fl":
+        fl = cfg.get("fl") or {}
+        n = int(fl.get("min_local_steps") or 0)
+        return f"steps>={n}" if n else f"epochs={fl.get('local_epochs', 1)}"
+    return f"steps>={int((cfg.get('train') or {}).get('min_steps') or 0)}"
 
 
 def arm_label(cfg: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
@@ -75,6 +86,7 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "mode": mode, "dataset": str((cfg.get("dataset") or {}).get("name", "?")),
             "partition": str(part.get("method", "?")), "setting": _setting(part),
             "strategy": str((cfg.get("strategy") or {}).get("name", "-")) if mode == "fl" else "-",
+            "budget": budget_label(cfg, mode),
             "arm": arm_label(cfg, metrics), "seed": int(rec.get("seed", 0)),
             "acc": float(metrics[METRIC[mode]]), "acc_domain_avg": metrics.get(DOMAIN_AVG[mode]),
             "clients": list(series.get("acc_local") or []), "curve": list(series.get("acc") or []),
@@ -206,7 +218,7 @@ def fl_paper_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame()
     doms = domain_columns(frame)
-    keys = ["dataset", "partition", "setting", "strategy", "arm"]
+    keys = ["dataset", "partition", "setting", "strategy", "budget", "arm"]
     grouped = frame.groupby(keys, sort=True)
     table = grouped["seed"].nunique().rename("seeds").to_frame()
     for col in [*doms, "acc_domain_avg", "acc"]:
@@ -216,7 +228,8 @@ def fl_paper_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         if col == "acc_domain_avg":
             table["avg_std"] = [s[1] for s in stats]
     table = table.reset_index()
-    paper = [paper_average(*vals) for vals in table[keys].itertuples(index=False)]
+    cols = ["dataset", "partition", "setting", "strategy", "arm"]
+    paper = [paper_average(*vals) for vals in table[cols].itertuples(index=False)]
     table["paper_avg"] = [p[0] for p in paper]
     table["paper_source"] = [p[1] for p in paper]
     return table
@@ -247,7 +260,7 @@ def fl_round_plot(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[
     if frame.empty:
         return None
     curves = {}
-    for key, cell in frame.groupby(["dataset", "setting", "strategy", "arm"], sort=True):
+    for key, cell in frame.groupby(["dataset", "setting", "strategy", "budget", "arm"], sort=True):
         runs = [c for c in cell["curve"] if c]
         if not runs:
             continue

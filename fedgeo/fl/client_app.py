@@ -141,7 +141,7 @@ def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
         data = load_client(Path(str(prepared)) if prepared else client_file(data_dir, k, prepared=True))
         rnd = int(msg.content["config"]["server-round"])
         opts = LocalOpts(setup.fl.local_epochs, setup.train.batch_size, setup.fl.lr, setup.fl.momentum,
-                         derive_seed(setup.seed, "local", k, rnd))  # fmt: skip
+                         derive_seed(setup.seed, "local", k, rnd), setup.fl.min_local_steps)  # fmt: skip
         state = from_record(context.state["strategy"]) if "strategy" in context.state else {}
         payload = from_record(msg.content["payload"]) if "payload" in msg.content else {}
         model = setup.model.make(setup.dim, setup.num_classes, seed=0)

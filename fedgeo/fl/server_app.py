@@ -10,6 +10,7 @@ test set (``evaluate_fn``); the round's bytes (up and down) and wall time are re
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -194,7 +195,13 @@ def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink) -> None
     base = flwr_strategy.FedAvg  # its sampling and round loop; the aggregation is the suite strategy's
     kwargs: dict[str, Any] = {"fraction_train": fl.fraction, "fraction_evaluate": 0.0,
                               "min_train_nodes": fl.min_clients, "min_available_nodes": len(nodes)}  # fmt: skip
-    strat = _suite_strategy(base, setup.strategy, sink, len(nodes), kwargs)
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.ERROR)  # Flower warns that fraction_evaluate=0: the server evaluates instead
+    try:
+        strat = _suite_strategy(base, setup.strategy, sink, len(nodes), kwargs)
+    finally:
+        flwr_log.setLevel(level)
     clock = [time.perf_counter()]
 
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:

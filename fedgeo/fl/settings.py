@@ -21,6 +21,9 @@ class FLSettings:
         fraction: share of clients sampled per round (at least ``min_clients``).
         min_clients: fewest clients a round needs.
         local_epochs: passes over the local set per round (SGD, ``train.batch_size``).
+        min_local_steps: at least this many SGD steps per client and round (more passes over a small set),
+            so that a raw client and a GGEUR-augmented one (many more samples) train equally far; 0 = exactly
+            ``local_epochs`` passes (the paper's and the official code's rule).
         lr: local SGD learning rate. momentum: local SGD momentum (0 = plain SGD).
         backend: ``inprocess`` (Flower's ClientApp/ServerApp and messages, clients called in this process,
             one after another) or ``ray`` (Flower's simulation engine, one Ray actor per CPU).
@@ -34,6 +37,7 @@ class FLSettings:
     fraction: float = 1.0
     min_clients: int = 1
     local_epochs: int = 1
+    min_local_steps: int = 0
     lr: float = 0.05
     momentum: float = 0.0
     backend: str = "inprocess"
@@ -46,6 +50,14 @@ class FLSettings:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"fl.{key}", f"expected a positive integer, got {v!r}")
+        if (
+            isinstance(self.min_local_steps, bool)
+            or not isinstance(self.min_local_steps, int)
+            or self.min_local_steps < 0
+        ):
+            raise ConfigError(
+                "fl.min_local_steps", f"expected a non-negative integer, got {self.min_local_steps!r}"
+            )
         if not 0 < self.fraction <= 1:
             raise ConfigError("fl.fraction", f"expected a number in (0, 1], got {self.fraction!r}")
         if not self.lr > 0:

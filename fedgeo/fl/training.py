@@ -40,14 +40,15 @@ def weighted_mean(arrays: list[Arrays], weights: list[float]) -> Arrays:
 
 @dataclass(frozen=True)
 class LocalOpts:
-    """One client's local update: ``epochs`` passes, minibatches of ``batch_size``, SGD ``lr``/``momentum``,
-    ``seed`` for the batch order."""
+    """One client's local update: ``epochs`` passes (more while fewer than ``min_steps`` steps were taken),
+    minibatches of ``batch_size``, SGD ``lr``/``momentum``, ``seed`` for the batch order."""
 
     epochs: int = 1
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.0
     seed: int = 0
+    min_steps: int = 0
 
 
 def local_sgd(
@@ -74,8 +75,9 @@ def local_sgd(
     opt = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum)
     gen = torch.Generator().manual_seed(int(opts.seed))
     model.train()
-    steps, total = 0, 0.0
-    for _ in range(opts.epochs):
+    steps, total, epoch = 0, 0.0, 0
+    while epoch < opts.epochs or steps < opts.min_steps:
+        epoch += 1
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, opts.batch_size):
             idx = order[start : start + opts.batch_size]
