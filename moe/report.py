@@ -164,8 +164,8 @@ def moe_comparison_table(records: Iterable[Mapping[str, Any]], out: str | os.Pat
 def moe_comparison_report(records: Iterable[Mapping[str, Any]], out: str | os.PathLike[str]) -> list[Path]:
     """The comparison table (``moe_comparison_table``) and two figures in ``out``:
 
-    - ``layer_time.png``: the modelled MoE-layer time (tail over GPUs, summed over layers) of every placement,
-      mean ± std over seeds, per trace;
+    - ``layer_time_<trace>.png``: the modelled MoE-layer time (tail over GPUs, summed over layers) of every
+      placement, mean ± std over seeds;
     - ``gpu_load_<trace>.png``: per-layer GPU load under contiguous and under the fastest placement (its
       lowest seed), from that run's ``costs.npz``.
     """
@@ -175,14 +175,16 @@ def moe_comparison_report(records: Iterable[Mapping[str, Any]], out: str | os.Pa
     if table.empty:
         return paths
     out_dir = Path(out)
-    paths.append(bar_plot(table, ["trace", "placement"], "layer_time_tail_s", out_dir / "layer_time.png",
-                          title="modelled MoE-layer time (s, lower is better)"))  # fmt: skip
     for trace, rows in table.groupby("trace", sort=True):
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(trace))
+        title = f"{trace}: modelled MoE-layer time (s, lower is better)"
+        paths.append(
+            bar_plot(rows, ["placement"], "layer_time_tail_s", out_dir / f"layer_time_{name}.png", title)
+        )
         best = rows.sort_values("speedup_vs_contiguous_mean", kind="stable").iloc[-1]["placement"]
         run = _lowest_seed_run(records, trace, best)
         costs = Path(run["path"]).parent / "costs.npz" if run and run.get("path") else None
         if costs is not None and costs.is_file():
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(trace))
             paths.append(plot_gpu_loads_from_costs(costs, out_dir / f"gpu_load_{name}.png",
                                                    f"{trace}: contiguous (left) vs {best} (right)"))  # fmt: skip
     return paths

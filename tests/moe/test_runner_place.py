@@ -208,7 +208,7 @@ def test_comparison_table_from_real_run_records(tmp_path):
     names = sorted(p.name for p in written)
     assert names == [
         "gpu_load_synthetic_mixtral_8x7b.png",
-        "layer_time.png",
+        "layer_time_synthetic_mixtral_8x7b.png",
         "moe_comparison.csv",
         "moe_comparison.md",
     ]
