@@ -23,14 +23,16 @@ from common.atomic import atomic_savez
 from common.config import build
 from common.errors import ConfigError, InputError
 from common.experiment import RunContext, RunOutput
+from common.log import get_logger
 from moe.bound import fraction_of_bound, max_slots
-from moe.cost_model import CostReport, eval_options_from_config, evaluate_placement
+from moe.cost_model import CostReport, EvalOptions, eval_options_from_config, evaluate_placement
 from moe.placement.base import Placement
 from moe.placement.placer import PlacementProblem, Placer
 from moe.placement.profiled import ProfiledProblem
 from moe.placement.simple import Contiguous
 from moe.stats import cross_layer_counts, expert_load
-from moe.topology import topology_from_config
+from moe.topology import Topology, topology_from_config
+from moe.trace import Trace
 from moe.trace_source import trace_source
 
 # Metrics compared with the baseline: ``<name>_vs_contiguous`` = this / contiguous, and for the paper's
@@ -121,7 +123,6 @@ def _is_number(x: Any) -> bool:
 def run(ctx: RunContext) -> RunOutput:
     """Profile, place, evaluate, compare with contiguous; see the module docstring."""
     cfg = ctx.config
-    log = ctx.log
     if "trace" not in cfg:
         raise ConfigError("trace", "missing; choose one, e.g. trace=deepseek_v2_lite")
     source = trace_source(cfg["trace"])
@@ -129,49 +130,20 @@ def run(ctx: RunContext) -> RunOutput:
     options = eval_options_from_config(cfg.get("eval"))
     placer = make_placer(cfg)
     profile, evaluation = source.profile_and_evaluation(ctx.seed)
-    slot_order = evaluation.slot_order or "unordered"
-    if profile.num_experts != evaluation.num_experts or profile.num_layers != evaluation.num_layers:
-        raise InputError(
-            f"trace: profile part ({profile.num_layers} layers, {profile.num_experts} experts) and evaluation "
-            f"part ({evaluation.num_layers} layers, {evaluation.num_experts} experts) differ"
-        )
-    e = profile.num_experts
-    log.info(
-        f"profile {profile.num_tokens} tokens, evaluate {evaluation.num_tokens} tokens; {profile.num_layers} "
-        f"layers, {e} experts, top-{profile.top_k}; topology {topology.name}: {topology.num_gpus} EP ranks "
-        f"on {topology.num_nodes} node(s)"
-    )
-    load = expert_load(profile.experts, e)
-    pairs = cross_layer_counts(profile.experts, e)
+    problem = profiled_problem(profile, evaluation, topology, options, ctx.seed)
 
-    problem = ProfiledProblem(
-        load,
-        pairs,
-        topology.bandwidth_gbps(),
-        topology.ranks_per_node,
-        ctx.seed,
-        experts=profile.experts,
-        topology=topology,
-        options=options,
-        slot_order=profile.slot_order or "unordered",
-    )
     placement, wall = place_and_time(placer, problem)
-    name = placer.table_label
-    log.info(f"placement {name}: {wall:.3f} s; info {_short_info(placement.info)}")
+    ctx.log.info(f"placement {placer.table_label}: {wall:.3f} s; info {_short_info(placement.info)}")
+    ctx.logger.event("placement", name=placer.table_label, wall_s=wall, status=placement.info.get("status"))
     baseline = placement if isinstance(placer, Contiguous) else Contiguous().place(problem)
-    ctx.logger.event("placement", name=name, wall_s=wall, status=placement.info.get("status"))
-
+    slot_order = evaluation.slot_order or "unordered"
     report = evaluate_placement(evaluation.experts, placement, topology, options, True, slot_order)
     base_report = (
         report
         if baseline is placement
         else evaluate_placement(evaluation.experts, baseline, topology, options, slot_order=slot_order)
     )
-    placement.save(ctx.artifact("placement.json"))
-    baseline.save(ctx.artifact("contiguous.json"))
-    arrays = report.arrays()
-    arrays.update({f"contiguous_{k}": v for k, v in base_report.arrays().items()})
-    atomic_savez(ctx.artifact("costs.npz"), **arrays)
+    save_artifacts(ctx, placement, baseline, report, base_report)
 
     metrics = compare(report, base_report)
     metrics.update(placement_metrics(placement, wall))
@@ -184,6 +156,46 @@ def run(ctx: RunContext) -> RunOutput:
     status = (placement.info or {}).get("status")
     labels = {"status": status} if isinstance(status, str) and status else {}
     return RunOutput(metrics=metrics, series=series, series_step={k: "layer" for k in series}, labels=labels)
+
+
+def profiled_problem(
+    profile: Trace, evaluation: Trace, topology: Topology, options: EvalOptions, seed: int
+) -> ProfiledProblem:
+    """The placement problem of the profiling part (load ``P``, pairs ``R``, the trace itself for placements
+    that search the cost model); refuses parts of different models."""
+    if profile.num_experts != evaluation.num_experts or profile.num_layers != evaluation.num_layers:
+        raise InputError(
+            f"trace: profile part ({profile.num_layers} layers, {profile.num_experts} experts) and evaluation "
+            f"part ({evaluation.num_layers} layers, {evaluation.num_experts} experts) differ"
+        )
+    e = profile.num_experts
+    get_logger("run").info(
+        f"profile {profile.num_tokens} tokens, evaluate {evaluation.num_tokens} tokens; {profile.num_layers} "
+        f"layers, {e} experts, top-{profile.top_k}; topology {topology.name}: {topology.num_gpus} EP ranks "
+        f"on {topology.num_nodes} node(s)"
+    )
+    return ProfiledProblem(
+        expert_load(profile.experts, e),
+        cross_layer_counts(profile.experts, e),
+        topology.bandwidth_gbps(),
+        topology.ranks_per_node,
+        seed,
+        experts=profile.experts,
+        topology=topology,
+        options=options,
+        slot_order=profile.slot_order or "unordered",
+    )
+
+
+def save_artifacts(
+    ctx: RunContext, placement: Placement, baseline: Placement, report: CostReport, base_report: CostReport
+) -> None:
+    """``placement.json``, ``contiguous.json`` and ``costs.npz`` (every per-layer array of both reports)."""
+    placement.save(ctx.artifact("placement.json"))
+    baseline.save(ctx.artifact("contiguous.json"))
+    arrays = report.arrays()
+    arrays.update({f"contiguous_{k}": v for k, v in base_report.arrays().items()})
+    atomic_savez(ctx.artifact("costs.npz"), **arrays)
 
 
 def _short_info(info: Mapping[str, Any]) -> str:
