@@ -205,7 +205,7 @@ def joint_ilp(
     the call, model building included.
     """
     deadline = time.monotonic() + time_limit_s
-    ctraffic, sizes, bandwidth, options = problem.ctraffic, problem.sizes, problem.bandwidth, problem.options
+    ctraffic, sizes, bandwidth = problem.ctraffic, problem.sizes, problem.bandwidth
     num_layers, g = sizes.shape
     off = ~np.eye(g, dtype=bool)
     symmetric = bool(np.allclose(bandwidth[off], bandwidth[off][0]))
@@ -218,6 +218,27 @@ def joint_ilp(
     }
     m = [prob.add_variable(f"M_{li}", lowBound=0) for li in range(num_layers - 1)]
     prob += pulp.lpSum(m)
+    _one_to_one_rows(prob, y, num_layers, g, symmetric)
+    _memory_rows(prob, y, sizes, relaxed)
+    z = _link_rows(prob, y, m, ctraffic, bandwidth)
+    use_warm = warm is not None and not (symmetric and not np.array_equal(warm[0], np.arange(g)))
+    if use_warm:
+        _warm_start(y, z, m, warm, ctraffic, bandwidth)
+    res = milp.solve(prob, problem.options, time_limit_s=time_limit_s, warm_start=use_warm, deadline=deadline)
+    if not res.has_solution:
+        return None, res
+    mapping = np.full((num_layers, g), -1, dtype=np.int64)
+    for (li, c, gg), var in y.items():
+        if (var.varValue or 0) > 0.5:
+            mapping[li, c] = gg
+    if (mapping < 0).any() or any(len(set(row.tolist())) != g for row in mapping):
+        res.notes.append("solver returned a non-integral mapping; discarded")
+        return None, res
+    return mapping, res
+
+
+def _one_to_one_rows(prob: pulp.LpProblem, y: dict, num_layers: int, g: int, symmetric: bool) -> None:
+    """Every cluster on one GPU and every GPU one cluster, per layer; layer 0 fixed when ``symmetric``."""
     for li in range(num_layers):
         for c in range(g):
             prob += pulp.lpSum(y[li, c, gg] for gg in range(g)) == 1, f"cl_{li}_{c}"
@@ -226,6 +247,11 @@ def joint_ilp(
     if symmetric:
         for c in range(g):
             y[0, c, c].lowBound = 1
+
+
+def _memory_rows(prob: pulp.LpProblem, y: dict, sizes: np.ndarray, relaxed: bool) -> None:
+    """Experts per GPU over the model: exactly the target, or within [lo, cap] (``memory_target``)."""
+    num_layers, g = sizes.shape
     lo, hi = memory_target(sizes)
     for gg in range(g):
         mem = pulp.LpAffineExpression(
@@ -237,8 +263,16 @@ def joint_ilp(
                 prob += mem >= lo, f"mem_lo_{gg}"
         else:
             prob += mem == hi, f"mem_{gg}"
+
+
+def _link_rows(
+    prob: pulp.LpProblem, y: dict, m: list, ctraffic: np.ndarray, bandwidth: np.ndarray
+) -> dict[tuple[int, int, int, int, int], pulp.LpVariable]:
+    """``M_l >= sum over cluster pairs on link (g1, g2) of C / B``, with the products linearised by
+    ``z >= y1 + y2 - 1``; returns the ``z`` variables by ``(layer, c1, g1, c2, g2)``."""
+    g = bandwidth.shape[0]
     z = {}
-    for li in range(num_layers - 1):
+    for li in range(ctraffic.shape[0]):
         c1s, c2s = np.nonzero(ctraffic[li])
         link_terms: dict[tuple[int, int], list] = {}
         for c1, c2 in zip(c1s.tolist(), c2s.tolist(), strict=True):
@@ -253,25 +287,19 @@ def joint_ilp(
                     link_terms.setdefault((g1, g2), []).append((var, w / float(bandwidth[g1, g2])))
         for (g1, g2), terms in link_terms.items():
             prob += m[li] - pulp.LpAffineExpression(terms) >= 0, f"link_{li}_{g1}_{g2}"
-    use_warm = warm is not None and not (symmetric and not np.array_equal(warm[0], np.arange(g)))
-    if use_warm:
-        for (li, c, gg), var in y.items():
-            var.setInitialValue(1 if warm[li, c] == gg else 0)
-        for (li, c1, g1, c2, g2), var in z.items():
-            var.setInitialValue(1 if warm[li, c1] == g1 and warm[li + 1, c2] == g2 else 0)
-        for li, val in enumerate(boundary_costs(warm, ctraffic, bandwidth)):
-            m[li].setInitialValue(float(val))
-    res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=use_warm, deadline=deadline)
-    if not res.has_solution:
-        return None, res
-    mapping = np.full((num_layers, g), -1, dtype=np.int64)
+    return z
+
+
+def _warm_start(
+    y: dict, z: dict, m: list, warm: np.ndarray, ctraffic: np.ndarray, bandwidth: np.ndarray
+) -> None:
+    """Initial values of every variable from the mapping ``warm [L, G]`` (cluster -> GPU)."""
     for (li, c, gg), var in y.items():
-        if (var.varValue or 0) > 0.5:
-            mapping[li, c] = gg
-    if (mapping < 0).any() or any(len(set(row.tolist())) != g for row in mapping):
-        res.notes.append("solver returned a non-integral mapping; discarded")
-        return None, res
-    return mapping, res
+        var.setInitialValue(1 if warm[li, c] == gg else 0)
+    for (li, c1, g1, c2, g2), var in z.items():
+        var.setInitialValue(1 if warm[li, c1] == g1 and warm[li + 1, c2] == g2 else 0)
+    for li, val in enumerate(boundary_costs(warm, ctraffic, bandwidth)):
+        m[li].setInitialValue(float(val))
 
 
 def _improve_layer(
