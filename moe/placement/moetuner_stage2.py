@@ -307,41 +307,20 @@ def _improve_layer(
 ) -> np.ndarray | None:
     """Best permutation of layer ``li`` with its neighbours fixed (exact MILP within the gap/time)."""
     deadline = time.monotonic() + time_limit_s
-    ctraffic, sizes, bandwidth, options = problem.ctraffic, problem.sizes, problem.bandwidth, problem.options
+    sizes = problem.sizes
     num_layers, g = sizes.shape
     inv = _inverse(mapping)
     prob = pulp.LpProblem("moetuner_stage2_layer", pulp.LpMinimize)
     y = {(c, gg): prob.add_variable(f"y_{c}_{gg}", cat=pulp.LpBinary) for c in range(g) for gg in range(g)}
     over = [prob.add_variable(f"over_{gg}", lowBound=0) for gg in range(g)]
     under = [prob.add_variable(f"under_{gg}", lowBound=0) for gg in range(g)]
-    terms = []
-    scale = 1.0
+    terms, scale = [], 1.0
     if li > 0:
-        mp = prob.add_variable("M_prev", lowBound=0)
-        terms.append(mp)
-        cp = ctraffic[li - 1]
-        scale += cp.sum() / bandwidth[~np.eye(g, dtype=bool)].min()
-        for g1 in range(g):
-            row = cp[inv[li - 1, g1]]
-            for g2 in range(g):
-                if g1 != g2:
-                    expr = pulp.LpAffineExpression(
-                        [(y[c, g2], float(row[c] / bandwidth[g1, g2])) for c in range(g)]
-                    )
-                    prob += mp - expr >= 0
+        terms.append(_boundary_rows(prob, problem, y, "M_prev", problem.ctraffic[li - 1], inv[li - 1], True))
+        scale += _boundary_scale(problem, li - 1)
     if li < num_layers - 1:
-        mn = prob.add_variable("M_next", lowBound=0)
-        terms.append(mn)
-        cn = ctraffic[li]
-        scale += cn.sum() / bandwidth[~np.eye(g, dtype=bool)].min()
-        for g2 in range(g):
-            col = cn[:, inv[li + 1, g2]]
-            for g1 in range(g):
-                if g1 != g2:
-                    expr = pulp.LpAffineExpression(
-                        [(y[c, g1], float(col[c] / bandwidth[g1, g2])) for c in range(g)]
-                    )
-                    prob += mn - expr >= 0
+        terms.append(_boundary_rows(prob, problem, y, "M_next", problem.ctraffic[li], inv[li + 1], False))
+        scale += _boundary_scale(problem, li)
     prob += pulp.lpSum(terms) + 10.0 * scale * pulp.lpSum(over + under)
     for c in range(g):
         prob += pulp.lpSum(y[c, gg] for gg in range(g)) == 1
@@ -360,9 +339,8 @@ def _improve_layer(
         var.setInitialValue(1 if mapping[li, c] == gg else 0)
     # Solved to (near) optimality: the penalty terms dominate the objective, so a relative gap would let
     # the solver stop with memory slack left.
-    res = milp.solve(
-        prob, replace(options, gap=1e-6), time_limit_s=time_limit_s, warm_start=False, deadline=deadline
-    )
+    options = replace(problem.options, gap=1e-6)
+    res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=False, deadline=deadline)
     if not res.has_solution:
         return None
     row = np.full(g, -1, dtype=np.int64)
@@ -370,6 +348,39 @@ def _improve_layer(
         if (var.varValue or 0) > 0.5:
             row[c] = gg
     return row if (row >= 0).all() and len(set(row.tolist())) == g else None
+
+
+def _boundary_scale(problem: Stage2Problem, boundary: int) -> float:
+    """The largest value a boundary's link term can take: its traffic over the slowest link."""
+    g = problem.bandwidth.shape[0]
+    return float(problem.ctraffic[boundary].sum() / problem.bandwidth[~np.eye(g, dtype=bool)].min())
+
+
+def _boundary_rows(
+    prob: pulp.LpProblem,
+    problem: Stage2Problem,
+    y: dict,
+    name: str,
+    traffic: np.ndarray,
+    fixed: np.ndarray,
+    incoming: bool,
+) -> pulp.LpVariable:
+    """``M >= traffic on link (g1, g2) / B`` for every link, with the neighbouring layer's clusters fixed
+    (``fixed[g]``: its cluster on GPU g). ``incoming``: the boundary from the previous layer into this one
+    (the free layer receives), else from this layer into the next (the free layer sends). Returns ``M``."""
+    g, bandwidth = problem.bandwidth.shape[0], problem.bandwidth
+    m = prob.add_variable(name, lowBound=0)
+    for a in range(g):
+        weights = traffic[fixed[a]] if incoming else traffic[:, fixed[a]]
+        for b in range(g):
+            if a == b:
+                continue
+            g1, g2 = (a, b) if incoming else (b, a)
+            expr = pulp.LpAffineExpression(
+                [(y[c, b], float(weights[c] / bandwidth[g1, g2])) for c in range(g)]
+            )
+            prob += m - expr >= 0
+    return m
 
 
 def repair_memory(mapping: np.ndarray, sizes: np.ndarray, max_steps: int = 1000) -> np.ndarray:
