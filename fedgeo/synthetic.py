@@ -52,6 +52,52 @@ def _random_rotation(rng: np.random.Generator, d: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
+def _domain_means(
+    base: np.ndarray, num_domains: int, shift: float, mode: str, rng: np.random.Generator
+) -> np.ndarray:
+    """Class means per domain ``[D, C, d]``: domain 0 at ``base [C, d]``, the others shifted by ``shift``
+    along a random direction (``shift``) or rotated by ``shift`` radians in random planes (``rotate``)."""
+    d = base.shape[1]
+    means = np.empty((num_domains, *base.shape))
+    for k in range(num_domains):
+        if k == 0 or shift == 0.0:
+            means[k] = base
+        elif mode == "shift":
+            v = rng.standard_normal(d)
+            means[k] = base + shift * v / np.linalg.norm(v)
+        else:
+            u = _random_rotation(rng, d)
+            block = np.eye(d)
+            c, s = np.cos(shift), np.sin(shift)
+            for j in range(0, d - 1, 2):
+                block[j : j + 2, j : j + 2] = [[c, -s], [s, c]]
+            means[k] = base @ (u @ block @ u.T).T
+    return means
+
+
+def _draw(
+    means: np.ndarray, rotations: np.ndarray, lam: np.ndarray, per_class: int, rng: np.random.Generator
+) -> EmbeddingDataset:
+    """``per_class`` samples of every (domain, class): ``means [D, C, d]`` plus noise of eigenvalues
+    ``lam [d]`` in each class's frame ``rotations [C, d, d]``."""
+    num_domains, num_classes, d = means.shape
+    feats, labels, domains = [], [], []
+    for k in range(num_domains):
+        for c in range(num_classes):
+            z = rng.standard_normal((per_class, d))
+            feats.append(means[k, c] + (z * np.sqrt(lam)) @ rotations[c].T)
+            labels.append(np.full(per_class, c, dtype=np.int64))
+            domains.append(np.full(per_class, k, dtype=np.int64))
+    return EmbeddingDataset(
+        features=np.concatenate(feats).astype(np.float32),
+        labels=np.concatenate(labels),
+        domains=np.concatenate(domains),
+        domain_names=tuple(f"domain{k}" for k in range(num_domains)),
+        class_names=tuple(f"class{c}" for c in range(num_classes)),
+        name="synthetic",
+    )
+
+
 def make_synthetic(
     num_classes: int = 10,
     dim: int = 32,
@@ -96,37 +142,10 @@ def make_synthetic(
     covs = np.einsum("cij,j,ckj->cik", rotations, lam, rotations)
     directions = rng.standard_normal((C, d))
     base = separation * directions / np.linalg.norm(directions, axis=1, keepdims=True)
-    means = np.empty((D, C, d))
-    for k in range(D):
-        if k == 0 or domain_shift == 0.0:
-            means[k] = base
-        elif domain_mode == "shift":
-            v = rng.standard_normal(d)
-            means[k] = base + domain_shift * v / np.linalg.norm(v)
-        else:
-            u = _random_rotation(rng, d)
-            block = np.eye(d)
-            c, s = np.cos(domain_shift), np.sin(domain_shift)
-            for j in range(0, d - 1, 2):
-                block[j : j + 2, j : j + 2] = [[c, -s], [s, c]]
-            means[k] = base @ (u @ block @ u.T).T
+    means = _domain_means(base, D, domain_shift, domain_mode, rng)
 
     def draw(per_class: int) -> EmbeddingDataset:
-        feats, labels, domains = [], [], []
-        for k in range(D):
-            for c in range(C):
-                z = rng.standard_normal((per_class, d))
-                feats.append(means[k, c] + (z * np.sqrt(lam)) @ rotations[c].T)
-                labels.append(np.full(per_class, c, dtype=np.int64))
-                domains.append(np.full(per_class, k, dtype=np.int64))
-        return EmbeddingDataset(
-            features=np.concatenate(feats).astype(np.float32),
-            labels=np.concatenate(labels),
-            domains=np.concatenate(domains),
-            domain_names=tuple(f"domain{k}" for k in range(D)),
-            class_names=tuple(f"class{c}" for c in range(C)),
-            name="synthetic",
-        )
+        return _draw(means, rotations, lam, per_class, rng)
 
     train = draw(train_per_class)
     test = draw(test_per_class)
