@@ -61,7 +61,7 @@ def test_moetuner_plus_never_ends_slower_than_its_start_on_the_profile(trace):
         expert_load(ex, e), cross_layer_counts(ex, e), TOPO.bandwidth_gbps(), 4, 0,
         experts=ex, topology=TOPO, options=opts, slot_order="unordered",
     )  # fmt: skip
-    p = MoETunerPlus(replicas=8, time_limit_s=20, sweeps=1).place(problem)
+    p = MoETunerPlus(replicas=8, time_limit_s=6, sweeps=1).place(problem)
     info = p.info
     assert p.name == "moetuner_plus" and p.has_replicas
     assert (p.experts_per_gpu() <= 9).all()  # at most E / G + one replica slot per GPU

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +34,11 @@ def expected_prompts() -> list[str]:
     return LINES + [RECORDS[0], RECORDS[2]]
 
 
-def test_cli_records_a_tiny_model_like_the_recorder(tmp_path: Path) -> None:
+def test_cli_records_a_tiny_model_like_the_recorder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     text = write_prompts(tmp_path / "prompts")
     out = tmp_path / "trace.npz"
-    cmd = [sys.executable, "-m", "runners.record_trace", "--tiny", "mixtral", "--text", str(text)]
-    cmd += ["--out", str(out), "--max-tokens", "70", "--batch-size", "2", "--seed", "4"]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    args = ["--tiny", "mixtral", "--text", str(text)]  # ``python -m runners.record_trace`` in-process
+    assert main([*args, "--out", str(out), "--max-tokens", "70", "--batch-size", "2", "--seed", "4"]) == 0
     trace = load_trace(out)
     # one token per character; the 70-token budget keeps 2 tokens of the last prompt
     lengths = [11, 25, 18, 14, 2]
@@ -59,7 +55,7 @@ def test_cli_records_a_tiny_model_like_the_recorder(tmp_path: Path) -> None:
     ref = record_trace(tiny_model("mixtral", seed=4), ids)
     np.testing.assert_array_equal(trace.experts, ref.experts)
     np.testing.assert_allclose(trace.weights, ref.weights, rtol=1e-5, atol=1e-6)
-    summary = done.stdout.strip()
+    summary = capsys.readouterr().out.strip()
     assert "70 tokens in 5 prompts" in summary and "3 MoE layers, top-2 of 8 experts" in summary
     assert "Load imbalance" in summary and str(out) in summary
 
