@@ -91,6 +91,23 @@ BENCHMARK_MODULES = [
 ]
 
 
+def _placement_step(setting: str) -> Step:
+    """MoETuner's comparison on one of the paper's settings (``single_node`` or ``multi_node``)."""
+    return Step(
+        name=f"moe_{setting}",
+        runner="runners.moe",
+        sweeps=[[f"experiment=moetuner_{setting}"]],
+        by=["trace.name", "placement.label"],
+        metrics=MOE_METRICS,
+        timings=MOE_TIMINGS,
+        full=MOE_FULL,
+        report=moe_comparison_report,
+        data=[REAL_TRACE],
+        data_sweeps=[0],
+        offline=["trace=synthetic"],
+    )
+
+
 STEPS: list[Step] = [
     Step(
         name="moe_trace_stats",
@@ -101,32 +118,7 @@ STEPS: list[Step] = [
         data=[REAL_TRACE],
         data_sweeps=[0],
     ),
-    Step(
-        name="moe_single_node",
-        runner="runners.moe",
-        sweeps=[["experiment=moetuner_single_node"]],
-        by=["trace.name", "placement.label"],
-        metrics=MOE_METRICS,
-        timings=MOE_TIMINGS,
-        full=MOE_FULL,
-        report=moe_comparison_report,
-        data=[REAL_TRACE],
-        data_sweeps=[0],
-        offline=["trace=synthetic"],
-    ),
-    Step(
-        name="moe_multi_node",
-        runner="runners.moe",
-        sweeps=[["experiment=moetuner_multi_node"]],
-        by=["trace.name", "placement.label"],
-        metrics=MOE_METRICS,
-        timings=MOE_TIMINGS,
-        full=MOE_FULL,
-        report=moe_comparison_report,
-        data=[REAL_TRACE],
-        data_sweeps=[0],
-        offline=["trace=synthetic"],
-    ),
+    *(_placement_step(setting) for setting in ("single_node", "multi_node")),
     Step(
         name="serve_placements",
         runner="runners.serve",
