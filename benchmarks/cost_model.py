@@ -21,6 +21,7 @@ from common.log import get_logger
 from moe.cost_model import EvalOptions, evaluate_placement
 from moe.cost_model_reference import reference_counts
 from moe.placement.base import Placement
+from moe.stats import expert_load
 from moe.synthetic import generate_trace
 from moe.topology import Topology, topology_from_config
 
@@ -74,8 +75,6 @@ def body(ctx: RunContext, tokens: int, repeats: int, ref_tokens: int) -> RunOutp
         topo = preset("h100_cluster4x8")
         base = contiguous(real.shape[1], 64, topo.num_gpus)
         case("deepseek_real_cluster4x8", real, base, topo)
-        from moe.stats import expert_load
-
         case(
             "deepseek_real_cluster4x8_replicas", real, with_hot_replicas(base, expert_load(real, 64), 8), topo
         )
