@@ -138,6 +138,29 @@ def stage1_all(
     return np.stack(rows), report
 
 
+def _info(opts: MoETuner, rep1: dict, rep2: dict, notes: list[str], elapsed_s: float) -> dict[str, Any]:
+    """The placement's ``info``: the worse status of the two stages (the stage 2 one for the ablations),
+    stage 2's objective, bound and gap, the memory outcome, both stage reports and the notes."""
+    status = rep2.get("status", milp.TIME_LIMIT)
+    if opts.stage2 in ("ilp", "decomposed"):
+        status = milp.worst_status(rep1["status"], status)
+    return {
+        "status": status,
+        "objective": rep2["objective"],
+        "bound": rep2["bound"],
+        "gap": rep2["gap"],
+        "solve_time_s": round(elapsed_s, 6),
+        "size": rep2.get("size") or rep1["size_per_layer_max"],
+        "solver": opts.solver,
+        "options": {k: getattr(opts, k) for k in MoETuner.names()},
+        "memory": rep2["memory"],
+        "memory_relaxed": rep2["memory"]["mode"] == "relaxed",
+        "stage1": rep1,
+        "stage2": rep2,
+        "notes": notes,
+    }
+
+
 def moetuner(
     load: np.ndarray,
     pairs: np.ndarray,
@@ -190,24 +213,7 @@ def moetuner(
         notes.append(
             f"replicas: {int(added.sum())} hot-expert copies added ({opts.replicas} per layer allowed)"
         )
-    status = rep2.get("status", milp.TIME_LIMIT)
-    if opts.stage2 in ("ilp", "decomposed"):
-        status = milp.worst_status(rep1["status"], status)
-    info = {
-        "status": status,
-        "objective": rep2["objective"],
-        "bound": rep2["bound"],
-        "gap": rep2["gap"],
-        "solve_time_s": round(time.monotonic() - t0, 6),
-        "size": rep2.get("size") or rep1["size_per_layer_max"],
-        "solver": opts.solver,
-        "options": {k: getattr(opts, k) for k in MoETuner.names()},
-        "memory": rep2["memory"],
-        "memory_relaxed": rep2["memory"]["mode"] == "relaxed",
-        "stage1": rep1,
-        "stage2": rep2,
-        "notes": notes,
-    }
+    info = _info(opts, rep1, rep2, notes, time.monotonic() - t0)
     try:
         return Placement(assignment, num_experts=num_experts, name="moetuner", info=info)
     except InputError as exc:  # a bug here, not the user's input
