@@ -104,7 +104,7 @@ def run_from_hydra(cfg: DictConfig, suite: str, body: Callable[[RunContext], Run
         )
     except SuiteError as exc:
         fail(str(exc))
-    announce(job_line(record, name, sweep_dir, run_dir))
+    announce(job_line(record, name, sweep_dir, run_dir, hc.job.num if sweep_dir is not None else None))
     return record
 
 

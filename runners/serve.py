@@ -57,7 +57,9 @@ def _announce_done(run_dir: str) -> None:
         record = read_record(run_dir)
     except RecordError:
         return
-    announce(job_line(record, hc.job.override_dirname or hc.job.name, _sweep_dir(), Path(run_dir)))
+    sweep = _sweep_dir()
+    num = hc.job.num if sweep is not None else None
+    announce(job_line(record, hc.job.override_dirname or hc.job.name, sweep, Path(run_dir), num))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="serve", version_base="1.3")
