@@ -65,6 +65,30 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
     return plain  # type: ignore[return-value]
 
 
+def sweep_dir() -> Path | None:
+    """This multirun's folder (absolute), ``None`` for a single run."""
+    hc = HydraConfig.get()
+    if str(hc.mode) != "RunMode.MULTIRUN":
+        return None
+    sweep = Path(hc.sweep.dir)
+    return sweep if sweep.is_absolute() else Path(hc.runtime.cwd) / sweep
+
+
+def job_roots(resume_dir: str | None) -> list[Path]:
+    """``resume_roots`` of the current Hydra job."""
+    hc = HydraConfig.get()
+    return resume_roots(resume_dir, Path(hc.runtime.output_dir), sweep_dir(), Path(hc.runtime.cwd))
+
+
+def announce_job(record: RunRecord) -> None:
+    """The job's one console line (``runners.job_line``)."""
+    hc = HydraConfig.get()
+    sweep = sweep_dir()
+    name = hc.job.override_dirname or hc.job.name
+    num = hc.job.num if sweep is not None else None
+    announce(job_line(record, name, sweep, Path(hc.runtime.output_dir), num))
+
+
 def resume_roots(resume_dir: str | None, run_dir: Path, sweep_dir: Path | None, cwd: Path) -> list[Path]:
     """Where finished jobs are looked for: ``resume_dir`` when the user names one (relative to the launch
     folder), else this sweep's own folder (a multirun) or this run's own folder. Never another sweep's."""
@@ -83,12 +107,9 @@ def run_from_hydra(cfg: DictConfig, suite: str, body: Callable[[RunContext], Run
     plain = to_plain(cfg)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    is_multirun = str(hc.mode) == "RunMode.MULTIRUN"
-    sweep_dir = Path(hc.sweep.dir) if is_multirun else None
-    if sweep_dir is not None and not sweep_dir.is_absolute():
-        sweep_dir = Path(hc.runtime.cwd) / sweep_dir
-    roots = resume_roots(plain.get("resume_dir"), run_dir, sweep_dir, Path(hc.runtime.cwd))
-    group = sweep_dir.name if sweep_dir is not None else None
+    sweep = sweep_dir()
+    roots = job_roots(plain.get("resume_dir"))
+    group = sweep.name if sweep is not None else None
     name = hc.job.override_dirname or hc.job.name
     try:
         set_console_level((plain.get("log") or {}).get("level") or os.environ.get("SUITE_LOG_LEVEL", "INFO"))
@@ -104,7 +125,7 @@ def run_from_hydra(cfg: DictConfig, suite: str, body: Callable[[RunContext], Run
         )
     except SuiteError as exc:
         fail(str(exc))
-    announce(job_line(record, name, sweep_dir, run_dir, hc.job.num if sweep_dir is not None else None))
+    announce_job(record)
     return record
 
 

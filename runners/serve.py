@@ -11,19 +11,15 @@ import os
 import sys
 
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # no C++ warnings when a peer rank has gone
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from common.errors import RecordError, SuiteError
-from common.log import announce
 from common.records import read_record
-from runners.hydra_entry import CONF_DIR, fail, hydra_cli, resume_roots, run_from_hydra, to_plain
-from runners.job_line import job_line
+from runners.hydra_entry import CONF_DIR, announce_job, fail, hydra_cli, job_roots, run_from_hydra, to_plain
 from runners.serve_body import MOE_MODEL_TARGET, model_spec, serve_rank
 from runners.serve_calibrate import calibrate_body
 from runners.serve_compare import compare_rank
@@ -33,33 +29,13 @@ RANK_FNS = {"serve": serve_rank, "compare": compare_rank}
 MODES = (*RANK_FNS, "calibrate")
 
 
-def _roots(cfg: Mapping[str, Any]) -> list[str]:
-    """Where ``resume=true`` looks for a finished record: as ``run_from_hydra`` (this sweep's folder or
-    this run's, or a named ``resume_dir``)."""
-    hc = HydraConfig.get()
-    cwd = Path(hc.runtime.cwd)
-    sweep = _sweep_dir()
-    return [str(r) for r in resume_roots(cfg.get("resume_dir"), Path(hc.runtime.output_dir), sweep, cwd)]
-
-
-def _sweep_dir() -> Path | None:
-    hc = HydraConfig.get()
-    if str(hc.mode) != "RunMode.MULTIRUN":
-        return None
-    sweep = Path(hc.sweep.dir)
-    return sweep if sweep.is_absolute() else Path(hc.runtime.cwd) / sweep
-
-
 def _announce_done(run_dir: str) -> None:
     """Rank 0's one line per job, as ``run_from_hydra`` prints for the other runners."""
-    hc = HydraConfig.get()
     try:
         record = read_record(run_dir)
     except RecordError:
         return
-    sweep = _sweep_dir()
-    num = hc.job.num if sweep is not None else None
-    announce(job_line(record, hc.job.override_dirname or hc.job.name, sweep, Path(run_dir), num))
+    announce_job(record)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="serve", version_base="1.3")
@@ -76,16 +52,17 @@ def main(cfg: DictConfig) -> None:
         run_from_hydra(cfg, "serve", calibrate_body)
         return
     run_dir = str(HydraConfig.get().runtime.output_dir)
+    roots = [str(r) for r in job_roots(plain.get("resume_dir"))]
     fn = RANK_FNS[mode]
     if under_torchrun():
-        run_rank(fn, plain, run_dir, _roots(plain))
+        run_rank(fn, plain, run_dir, roots)
         if env_rank() == 0:
             _announce_done(run_dir)
         return
     nproc = plain.get("engine", {}).get("nproc", 1)
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         fail(f"config key 'engine.nproc': expected a positive integer, got {nproc!r}")
-    status = launch_local(fn, nproc, plain, run_dir, _roots(plain))
+    status = launch_local(fn, nproc, plain, run_dir, roots)
     if status:
         raise SystemExit(status)
     _announce_done(run_dir)
