@@ -20,17 +20,15 @@ from typing import Any
 import numpy as np
 
 from common.atomic import atomic_savez
-from common.config import build
 from common.errors import ConfigError, InputError
 from common.experiment import RunContext, RunOutput
 from common.log import get_logger
 from moe.bound import fraction_of_bound, max_slots
 from moe.cost_model import CostReport, EvalOptions, eval_options_from_config, evaluate_placement
 from moe.placement.base import Placement
-from moe.placement.placer import PlacementProblem, Placer
+from moe.placement.placer import PlacementProblem, Placer, build_placer
 from moe.placement.profiled import ProfiledProblem
 from moe.placement.simple import Contiguous
-from moe.stats import cross_layer_counts, expert_load
 from moe.topology import Topology, topology_from_config
 from moe.trace import Trace
 from moe.trace_source import trace_source
@@ -62,15 +60,7 @@ def make_placer(cfg: Mapping[str, Any]) -> Placer:
     The cap lets a sweep over all placements (``experiment=moetuner_*``) bound every solver's budget with one
     top-level key without giving the other placements an option they lack.
     """
-    placer = build(cfg.get("placement"), "placement")
-    if not isinstance(placer, Placer):
-        raise ConfigError("placement", f"expected a placement (a Placer), got {type(placer).__name__}")
-    cap = cfg.get("placement_time_limit_s")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
-        raise ConfigError(
-            "placement_time_limit_s", f"expected a positive number of seconds or null, got {cap!r}"
-        )
-    return placer.with_time_cap(cap)
+    return build_placer(cfg.get("placement"), cfg.get("placement_time_limit_s"))
 
 
 def place_and_time(placer: Placer, problem: PlacementProblem) -> tuple[Placement, float]:
@@ -174,17 +164,8 @@ def profiled_problem(
         f"layers, {e} experts, top-{profile.top_k}; topology {topology.name}: {topology.num_gpus} EP ranks "
         f"on {topology.num_nodes} node(s)"
     )
-    return ProfiledProblem(
-        expert_load(profile.experts, e),
-        cross_layer_counts(profile.experts, e),
-        topology.bandwidth_gbps(),
-        topology.ranks_per_node,
-        seed,
-        experts=profile.experts,
-        topology=topology,
-        options=options,
-        slot_order=profile.slot_order or "unordered",
-    )
+    slot_order = profile.slot_order or "unordered"
+    return ProfiledProblem.from_trace(profile.experts, e, topology, options, slot_order, seed)
 
 
 def save_artifacts(

@@ -10,14 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common.config import build
 from common.errors import ConfigError, InputError
 from moe.cost_model import EvalOptions
 from moe.engine.spec import MoEModelSpec
 from moe.placement.base import Placement
-from moe.placement.placer import Placer
+from moe.placement.placer import build_placer
 from moe.placement.profiled import ProfiledProblem
-from moe.stats import cross_layer_counts, expert_load
 from moe.topology import Topology
 from moe.trace import Trace
 
@@ -37,22 +35,11 @@ def make_placement(
     Placements that search the cost model (``moetuner_plus``) see the engine's replay rules: tokens return
     home after every layer, replicas chosen by ``replica_choice``.
     """
-    placer = build(placement_cfg, "placement")
-    if not isinstance(placer, Placer):
-        raise ConfigError("placement", f"expected a placement (a Placer), got {type(placer).__name__}")
-    placer = placer.with_time_cap(time_cap_s)
-    experts = profile.experts[:, :layers]
-    e = profile.num_experts
-    problem = ProfiledProblem(
-        expert_load(experts, e),
-        cross_layer_counts(experts, e),
-        topology.bandwidth_gbps(),
-        topology.ranks_per_node,
-        seed,
-        experts=experts,
-        topology=topology,
-        options=EvalOptions(token_movement="home", replica_choice=replica_choice),
-        slot_order=profile.slot_order or "unordered",
+    placer = build_placer(placement_cfg, time_cap_s)
+    options = EvalOptions(token_movement="home", replica_choice=replica_choice)
+    slot_order = profile.slot_order or "unordered"
+    problem = ProfiledProblem.from_trace(
+        profile.experts[:, :layers], profile.num_experts, topology, options, slot_order, seed
     )
     placed = placer.place(problem)
     placed.name = placer.table_label

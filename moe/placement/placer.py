@@ -7,10 +7,12 @@ and implements ``place``, plus ``conf/placement/<name>.yaml`` (see ``common.conf
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from common.config import build
+from common.errors import ConfigError
 from moe.placement.base import Placement
 from moe.placement.checks import check_bandwidth, check_load, check_pairs
 
@@ -82,3 +84,21 @@ class Placer:
         if cap_s is None or not hasattr(self, "time_limit_s"):
             return self
         return replace(self, time_limit_s=float(cap_s if own is None else min(own, cap_s)))
+
+
+def build_placer(node: Any, time_cap_s: float | None = None) -> Placer:
+    """The ``placement`` config node built as a ``Placer`` (``common.config.build``), its ``time_limit_s``
+    (when it has one) capped at ``time_cap_s`` seconds (``None``: uncapped).
+
+    Raises:
+        ConfigError: not a placement, or a cap that is not a positive number (named ``placement_time_limit_s``).
+    """
+    placer = build(node, "placement")
+    if not isinstance(placer, Placer):
+        raise ConfigError("placement", f"expected a placement (a Placer), got {type(placer).__name__}")
+    cap = time_cap_s
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
+        raise ConfigError(
+            "placement_time_limit_s", f"expected a positive number of seconds or null, got {cap!r}"
+        )
+    return placer.with_time_cap(cap)

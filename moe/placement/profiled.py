@@ -9,6 +9,7 @@ import numpy as np
 
 from moe.cost_model import EvalOptions
 from moe.placement.placer import PlacementProblem
+from moe.stats import cross_layer_counts, expert_load
 from moe.topology import Topology
 
 
@@ -27,3 +28,22 @@ class ProfiledProblem(PlacementProblem):
     topology: Topology | None = None
     options: EvalOptions | None = None
     slot_order: str = "unordered"
+
+    @classmethod
+    def from_trace(
+        cls, experts: np.ndarray, num_experts: int, topology: Topology, options: EvalOptions, slot_order: str,
+        seed: int,
+    ) -> ProfiledProblem:  # fmt: skip
+        """The problem of profiled choices ``experts [T, L, k]``: load ``P``, pairs ``R``, ``topology``'s
+        bandwidth, and the trace itself for placements that search the cost model."""
+        return cls(
+            expert_load(experts, num_experts),
+            cross_layer_counts(experts, num_experts),
+            topology.bandwidth_gbps(),
+            topology.ranks_per_node,
+            seed,
+            experts=experts,
+            topology=topology,
+            options=options,
+            slot_order=slot_order,
+        )
