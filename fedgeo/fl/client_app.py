@@ -89,6 +89,12 @@ def _reply(msg: Message, **records: Any) -> Message:
     return Message(RecordDict(records), reply_to=msg)
 
 
+def _normalized_client(msg: Message, setup: Setup, data_dir: str, k: int) -> ClientData:
+    """Client ``k``'s raw data, normalised by the rule the server sent in ``msg``."""
+    raw = load_client(client_file(data_dir, k))
+    return ClientData(_normalizer(msg.content, setup.normalize)(raw.features), raw.labels, raw.domains)
+
+
 def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
     """The ``ClientApp`` of a run with a ``Setup``, or with a function that builds it from the node's
     ``Context`` (a deployed SuperNode: ``fedgeo.fl.deploy``).
@@ -116,8 +122,7 @@ def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
         limit_threads()
         setup = get(context)
         k, data_dir = _where(context, setup)
-        raw = load_client(client_file(data_dir, k))
-        data = ClientData(_normalizer(msg.content, setup.normalize)(raw.features), raw.labels, raw.domains)
+        data = _normalized_client(msg, setup, data_dir, k)
         up = setup.augment.client_upload(data, setup.num_classes, setup.num_domains)
         return _reply(msg, upload=to_record(up))
 
@@ -126,8 +131,8 @@ def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
         limit_threads()
         setup = get(context)
         k, data_dir = _where(context, setup)
-        raw = load_client(client_file(data_dir, k))
-        data = ClientData(_normalizer(msg.content, setup.normalize)(raw.features), raw.labels, raw.domains)
+        data = _normalized_client(msg, setup, data_dir, k)
+        n_raw = data.size
         if setup.augment.enabled:
             rng = np.random.default_rng(derive_seed(setup.seed, "ggeur", k))
             data = setup.augment.client_augment(data, from_record(msg.content["reply"]), rng)
@@ -135,7 +140,7 @@ def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
         save_client(path, data)
         _CACHE.pop(str(path), None)
         context.state["prepared"] = ConfigRecord({"path": str(path)})
-        return _reply(msg, metrics=MetricRecord({"n_train": data.size, "n_raw": raw.size}))
+        return _reply(msg, metrics=MetricRecord({"n_train": data.size, "n_raw": n_raw}))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
