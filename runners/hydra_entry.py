@@ -85,8 +85,7 @@ def announce_job(record: RunRecord) -> None:
     hc = HydraConfig.get()
     sweep = sweep_dir()
     name = hc.job.override_dirname or hc.job.name
-    num = hc.job.num if sweep is not None else None
-    announce(job_line(record, name, sweep, Path(hc.runtime.output_dir), num))
+    announce(job_line(record, name, Path(hc.runtime.output_dir), sweep, hc.job.num if sweep else 0))
 
 
 def resume_roots(resume_dir: str | None, run_dir: Path, sweep_dir: Path | None, cwd: Path) -> list[Path]:

@@ -1,9 +1,8 @@
 """The one console line a finished job prints: what ran, its headline metric, its time, the sweep's ETA.
 
 In a multirun the line starts with ``[k/N]`` and ends with an estimate of the time left. ``N`` comes from the
-sweep's own ``multirun.yaml`` (its sweep overrides and ``hydra.sweeper.params``), ``k`` from Hydra's job number
-(else the complete records in the sweep folder), the elapsed time from that file's age: the same for any
-launcher.
+sweep's own ``multirun.yaml`` (its sweep overrides and ``hydra.sweeper.params``), ``k`` from Hydra's job
+number, the elapsed time from that file's age: the same for any launcher.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from common.records import RunRecord, iter_record_paths
+from common.records import RunRecord
 
 # The metric a job line shows, first one present wins.
 HEADLINE = (
@@ -64,22 +63,15 @@ def headline(metrics: Mapping[str, Any]) -> str:
 
 
 def job_line(
-    record: RunRecord,
-    name: str,
-    sweep_dir: Path | None,
-    run_dir: Path | None = None,
-    job_num: int | None = None,
+    record: RunRecord, name: str, run_dir: Path, sweep_dir: Path | None = None, job_num: int = 0
 ) -> str:
-    """``[k/N] name  headline  12.3 s  (ETA 4m10s)`` in a multirun; ``done: name  headline  12.3 s  -> record``
-    for a single run."""
+    """``[k/N] name  headline  12.3 s  (ETA 4m10s)`` for job ``job_num`` (Hydra's, from 0) of the multirun in
+    ``sweep_dir``; ``done: name  headline  12.3 s  -> record`` for a single run (``sweep_dir`` None)."""
     body = "  ".join(x for x in (name, headline(record.metrics), f"{record.duration_s:.1f} s") if x)
     if sweep_dir is None:
-        return f"done: {body}" + (f"  -> {run_dir / 'result.json'}" if run_dir is not None else "")
+        return f"done: {body}  -> {run_dir / 'result.json'}"
     total = sweep_size(sweep_dir / "multirun.yaml")
-    if job_num is not None:
-        done = job_num + 1  # Hydra's job number: the k-th job of the sweep, resumed or run
-    else:
-        done = sum(1 for _ in iter_record_paths([sweep_dir])) if sweep_dir.is_dir() else 0
+    done = job_num + 1  # the k-th job of the sweep, whether it ran or was resumed
     if not total:
         return f"[{done}] {body}"
     line = f"[{done}/{total}] {body}"
