@@ -169,5 +169,7 @@ STEPS: list[Step] = [
         metrics=["acc_best", "acc_final", "acc_domain_avg_final"],
         quick=["fl.rounds=5", "strategy=fedavg,fedprox", "seed=0,1"],
         report=fed_comparison_table,
+        data=FL_DATA,
+        data_sweeps=[0, 1],
     ),
 ]

@@ -85,9 +85,17 @@ def test_without_shared_data_steps_run_offline_or_skip(tmp_path):
     assert missing and plan == [["experiment=moetuner_single_node", "trace=synthetic"]]
     plan, missing = by_name["moe_trace_stats"].plan(tmp_path)
     assert plan == [["experiment=moetuner_trace_stats"]]  # the real-trace sweep is dropped
-    plan, missing = by_name["ggeur_domain_skew"].plan(tmp_path)
-    assert plan == [] and missing
+    for name in ("ggeur_domain_skew", "ggeur_fl_domain_skew"):  # real features only: nothing to run
+        plan, missing = by_name[name].plan(tmp_path)
+        assert plan == [] and missing, name
     assert by_name["ggeur_label_skew"].plan(tmp_path) == (by_name["ggeur_label_skew"].sweeps, [])
+
+
+def test_every_step_that_reads_shared_data_declares_it():
+    for step in STEPS:
+        names = " ".join(o for sweep in step.sweeps for o in sweep)
+        real = "deepseek_v2_lite" in names or "domain_skew" in names
+        assert not real or step.data, f"step '{step.name}' reads ../shared but declares no data"
 
 
 def test_committed_tables_hold_no_wall_clock_metric():
