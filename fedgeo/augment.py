@@ -37,6 +37,7 @@ from fedgeo.ggeur import (
     client_stats,
     noise_factors,
     pack_sym,
+    withhold_small,
 )
 
 Arrays = dict[str, np.ndarray]
@@ -131,6 +132,8 @@ class GGEUR(Augmenter):
         per_prototype: samples per (other domain, class) prototype.
         cov_clients: ``all`` (every client's statistics; the exact union covariance) or ``guide`` (per
             class, the largest clients holding >= ``guide_fraction`` of it, as the official code).
+        min_class_count: privacy floor: a client sends no mean, covariance or prototype of a class (or a
+            (domain, class) cell) it holds fewer samples of (``fedgeo.ggeur.withhold_small``); 1 = none.
     """
 
     kind: str = "ggeur"
@@ -142,6 +145,7 @@ class GGEUR(Augmenter):
     per_prototype: int = 500
     cov_clients: str = "all"
     guide_fraction: float = 0.8
+    min_class_count: int = 5
     enabled: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -158,6 +162,12 @@ class GGEUR(Augmenter):
                 "target_per_class",
                 "set exactly one of target_per_class and samples_per_original (other null)",
             )
+        if (
+            isinstance(self.min_class_count, bool)
+            or not isinstance(self.min_class_count, int)
+            or self.min_class_count < 1
+        ):
+            raise ConfigError("min_class_count", f"expected a positive integer, got {self.min_class_count!r}")
         for key in ("target_per_class", "samples_per_original", "per_prototype"):
             v = getattr(self, key)
             if v is not None and v < 0:
@@ -176,10 +186,14 @@ class GGEUR(Augmenter):
         """Step 1 (client): ``counts [C]``, ``means [C, d]``, ``covs [C, d(d+1)/2]`` (float64), and with
         ``multi_domain`` ``proto_counts [D, C]``, ``proto_means [D, C, d]``."""
         st = client_stats(data.features, data.labels, num_classes)
-        up = {"counts": st.counts, "means": st.means, "covs": pack_sym(st.covs)}
+        pr = None
         if self.multi_domain:
             doms = np.maximum(data.domains, 0)
             pr = client_prototypes(data.features, data.labels, doms, num_classes, num_domains)
+        st, pr, cut_classes, cut_protos = withhold_small(st, pr, self.min_class_count)
+        up = {"counts": st.counts, "means": st.means, "covs": pack_sym(st.covs),
+              "withheld": np.array([cut_classes, cut_protos], dtype=np.int64)}  # fmt: skip
+        if pr is not None:
             up |= {"proto_counts": pr.counts, "proto_means": pr.means}
         return up
 
@@ -194,7 +208,10 @@ class GGEUR(Augmenter):
         if self.multi_domain:
             pr = aggregate_prototypes([Prototypes(u["proto_counts"], u["proto_means"]) for u in uploads])
             reply |= {"proto_counts": pr.counts, "proto_means": pr.means}
-        return reply, {"clipped": nf.clipped}
+        withheld = np.sum([u["withheld"] for u in uploads if "withheld" in u], axis=0, dtype=np.int64)
+        info = {"clipped": nf.clipped, "withheld_classes": int(withheld[0]) if withheld.size else 0,
+                "withheld_prototypes": int(withheld[1]) if withheld.size else 0}  # fmt: skip
+        return reply, info
 
     def client_augment(self, data: ClientData, reply: Arrays, rng: np.random.Generator) -> ClientData:
         """Step 3 (client): local samples expanded along the global shapes (plus prototype samples)."""

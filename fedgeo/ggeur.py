@@ -200,9 +200,34 @@ def guide_mask(counts: np.ndarray, fraction: float = 0.8) -> np.ndarray:
 
 
 def restrict(stats: ClassStats, keep: np.ndarray) -> ClassStats:
-    """``stats`` with the classes where ``keep`` (``bool [C]``) is false emptied (count 0)."""
+    """``stats`` with the classes where ``keep`` (``bool [C]``) is false emptied (count, mean and
+    covariance 0), as if the client held none of them."""
     keep = np.asarray(keep, dtype=bool)
-    return ClassStats(np.where(keep, stats.counts, 0), stats.means * keep[:, None], stats.covs)
+    return ClassStats(
+        np.where(keep, stats.counts, 0), stats.means * keep[:, None], stats.covs * keep[:, None, None]
+    )
+
+
+def withhold_small(
+    stats: ClassStats, protos: Prototypes | None, min_count: int
+) -> tuple[ClassStats, Prototypes | None, int, int]:
+    """A client's upload with every class of fewer than ``min_count`` local samples withheld (count, mean
+    and covariance 0), and every (domain, class) prototype of fewer than ``min_count`` samples too.
+
+    With ``n`` samples of a class, the mean and covariance are ``n`` moments of those very samples: one
+    sample is sent exactly, two are recovered exactly from mean and covariance. The floor keeps such
+    classes on the client (it still augments them with the global shape that others' statistics give).
+
+    Returns:
+        ``(stats, prototypes, classes withheld, prototype cells withheld)``.
+    """
+    small = (stats.counts > 0) & (stats.counts < min_count)
+    stats = restrict(stats, ~small)
+    if protos is None:
+        return stats, None, int(small.sum()), 0
+    cut = (protos.counts > 0) & (protos.counts < min_count)
+    protos = Prototypes(np.where(cut, 0, protos.counts), protos.means * ~cut[..., None])
+    return stats, protos, int(small.sum()), int(cut.sum())
 
 
 def aggregate_stats(

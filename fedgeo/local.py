@@ -50,6 +50,7 @@ def run_local(
         "multi_domain": float(bool(getattr(augment, "multi_domain", False))),
         "ggeur_bytes_up": float(info["bytes_up"]),
         "ggeur_bytes_down": float(info["bytes_down"]),
+        **{f"ggeur_{k}": float(info[k]) for k in ("withheld_classes", "withheld_prototypes") if k in info},
     }
     return out
 

@@ -52,11 +52,14 @@ def _setting(part: Mapping[str, Any]) -> str:
 
 def budget_label(cfg: Mapping[str, Any], mode: str) -> str:
     """How far each client trains, so that rows with different budgets are told apart: ``mode=fl``:
-    ``epochs=E`` (the paper's rule: an augmented client takes more steps) or ``steps>=N`` per round
-    (``fl.min_local_steps``, equal budgets); ``mode=local``: ``steps>=N`` (``train.min_steps``)."""
+    ``epochs=E`` (the paper's rule: an augmented client takes more steps) or ``steps=N`` per round
+    (``fl.local_budget=steps``: every client exactly N SGD steps); ``mode=local``: ``steps>=N``
+    (``train.min_steps``)."""
     if mode == "fl":
         fl = cfg.get("fl") or {}
-        n = int(fl.get("min_local_steps") or 0)
+        if fl.get("local_budget") == "steps":
+            return f"steps={int(fl.get('local_steps') or 0)}"
+        n = int(fl.get("min_local_steps") or 0)  # records written before fl.local_budget existed
         return f"steps>={n}" if n else f"epochs={fl.get('local_epochs', 1)}"
     return f"steps>={int((cfg.get('train') or {}).get('min_steps') or 0)}"
 
@@ -89,6 +92,7 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "budget": budget_label(cfg, mode),
             "arm": arm_label(cfg, metrics), "seed": int(rec.get("seed", 0)),
             "acc": float(metrics[METRIC[mode]]), "acc_domain_avg": metrics.get(DOMAIN_AVG[mode]),
+            "converged": (rec.get("labels") or {}).get("converged", "n/a"),
             "clients": list(series.get("acc_local") or []), "curve": list(series.get("acc") or []),
             **{k: v for k, v in metrics.items() if k.startswith("acc_") and k.endswith("_final")},
         })  # fmt: skip
@@ -124,10 +128,18 @@ def comparison_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                 row[f"acc_{name}_mean"], row[f"acc_{name}_std"] = mean_std(100 * part["acc"])
                 row[f"seeds_{name}"] = int(part["seed"].nunique())
             row |= _pairs(none, sub) if not none.empty else {}
+            row["converged"] = converged_count(pd.concat([none, sub]))
             row["paper_reference"] = paper_reference(row["dataset"], row["partition"], row["setting"],
                                                      row["strategy"])  # fmt: skip
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def converged_count(runs: pd.DataFrame) -> str:
+    """``"k/n"``: how many of the ``n`` runs were recorded ``converged=true`` (records without the label,
+    ``mode=local`` ones, count as ``n/a`` and give ``""``)."""
+    known = runs[runs["converged"].isin(["true", "false"])]
+    return f"{int((known['converged'] == 'true').sum())}/{len(known)}" if len(known) else ""
 
 
 def paper_reference(dataset: str, partition: str, setting: str, strategy: str) -> str:
@@ -176,10 +188,13 @@ def comparison_markdown(table: pd.DataFrame) -> str:
         shown["clients won/lost"] = [
             _won_lost(r, "clients_won", "clients_lost", "client_pairs") for _, r in table.iterrows()
         ]
+    if table["converged"].astype(bool).any():
+        shown["converged"] = table["converged"]
     shown["paper (for scale)"] = table["paper_reference"]
     note = ("Accuracy: mode=local the mean over clients of per-client classifiers, mode=fl the global model "
             "after the last round; won/lost counts seeds (and client/seed pairs) where the method beat / "
-            "lost to augment=none, of the pairs shown last.")  # fmt: skip
+            "lost to augment=none, of the pairs shown last; converged: runs of the row (both arms) whose "
+            "training loss fell by at least fl.min_loss_drop.")  # fmt: skip
     return f"{note}\n\n{shown.to_markdown(index=False, disable_numparse=True)}\n"  # fmt: skip
 
 
@@ -221,6 +236,7 @@ def fl_paper_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     keys = ["dataset", "partition", "setting", "strategy", "budget", "arm"]
     grouped = frame.groupby(keys, sort=True)
     table = grouped["seed"].nunique().rename("seeds").to_frame()
+    table["converged"] = grouped.apply(converged_count, include_groups=False)
     for col in [*doms, "acc_domain_avg", "acc"]:
         stats = grouped[col].agg(lambda v: mean_std(100 * pd.to_numeric(v)))
         name = {"acc_domain_avg": "avg", "acc": "acc_overall"}.get(col, col.removesuffix("_final"))

@@ -51,10 +51,9 @@ def _local(ctx: RunContext, parts: dict[str, Any]) -> RunOutput:
 
 
 def _fl(ctx: RunContext, parts: dict[str, Any]) -> RunOutput:
-    strategy = build(ctx.config["strategy"], "strategy")
     return run_federated(
-        parts["clients"], parts["test"], parts["normalize"], parts["augment"], parts["model"], strategy,
-        parts["train"], build(ctx.config["fl"], "fl"), ctx.seed, ctx.logger, ctx.artifact("fl"),
+        parts["clients"], parts["test"], parts["normalize"], parts["augment"], parts["model"],
+        parts["strategy"], parts["train"], parts["fl"], ctx.seed, ctx.logger, ctx.artifact("fl"),
     )  # fmt: skip
 
 
@@ -73,6 +72,8 @@ def build_parts(ctx: RunContext) -> dict[str, Any]:
     """Dataset, partition (saved with the run), clients' raw sets, test set, normaliser kind, augmenter
     (resolved for the partition), model and training settings, from the run's config."""
     cfg = ctx.config
+    fl = build(cfg["fl"], "fl")  # every option is checked before any data is read
+    strategy = build(cfg["strategy"], "strategy") if cfg.get("mode") == "fl" else None
     source = build(cfg["dataset"], "dataset")
     partitioner = build(cfg["partition"], "partition")
     augment = build(cfg["augment"], "augment").resolve(partitioner.method)
@@ -90,7 +91,7 @@ def build_parts(ctx: RunContext) -> dict[str, Any]:
     parts = {
         "clients": client_datasets(train_set, part), "test": test_set, "normalize": source.normalize,
         "augment": augment, "model": model, "train": train,
-        "partition_method": partitioner.method,
+        "partition_method": partitioner.method, "fl": fl, "strategy": strategy,
     }  # fmt: skip
     return parts
 

@@ -88,7 +88,8 @@ def _server_main(grid: Grid, context: Context) -> None:
         test = ClientData(z["X"], z["y"].astype(np.int64), z["domains"].astype(np.int64))
     sink = RunSink()
     serve(grid, setup, test, tuple(spec["domain_names"]), sink)
-    out = {"rounds": sink.rounds, "exchange": sink.exchange, "failures": sink.failures}
+    out = {"rounds": sink.rounds, "exchange": sink.exchange, "failures": sink.failures, "train": sink.train,
+           "lr_search": sink.lr_search}  # fmt: skip
     atomic_write_text(spec["result_file"], json.dumps(out))
 
 
@@ -252,12 +253,13 @@ def body(ctx: RunContext) -> RunOutput:
     limit = fl.timeout_s * (fl.rounds + 2)
     t0 = time.perf_counter()
     res = run_deployment(work, len(parts["clients"]), link_port, limit, ctx.log)
-    sink = RunSink(rounds=res["rounds"], exchange=res["exchange"], failures=res["failures"])
+    sink = RunSink(rounds=res["rounds"], exchange=res["exchange"], failures=res["failures"],
+                   train=res.get("train", []), lr_search=res.get("lr_search", {}))  # fmt: skip
     for f in sink.failures:
         ctx.logger.event("client_failure", detail=f)
     for r in sink.rounds:
         ctx.logger.log({k: r[k] for k in ("acc", "acc_domain_avg", "loss")}, int(r["round"]), "round")
-    out = summarize(sink, parts["test"].domain_names)
+    out = summarize(sink, parts["test"].domain_names, fl)
     out.metrics |= {"fl_wall_s": time.perf_counter() - t0, "num_clients": float(len(parts["clients"])),
                     "multi_domain": float(bool(getattr(parts["augment"], "multi_domain", False)))}  # fmt: skip
     return out

@@ -30,10 +30,11 @@ from common.seeding import derive_seed
 from common.threads import limit_threads
 from fedgeo.augment import Augmenter, ClientData
 from fedgeo.classifier import TrainSettings
+from fedgeo.fl.lr_search import candidate_losses
 from fedgeo.fl.records import from_record, to_record
 from fedgeo.fl.settings import FLSettings
 from fedgeo.fl.strategy.base import FLStrategy
-from fedgeo.fl.training import LocalOpts
+from fedgeo.fl.training import LocalOpts, mean_loss, set_params
 from fedgeo.models import ClassifierModel
 from fedgeo.normalize import Normalizer, norm_stats
 
@@ -95,6 +96,28 @@ def _normalized_client(msg: Message, setup: Setup, data_dir: str, k: int) -> Cli
     return ClientData(_normalizer(msg.content, setup.normalize)(raw.features), raw.labels, raw.domains)
 
 
+def train_opts(setup: Setup, k: int, msg: Message) -> LocalOpts:
+    """Client ``k``'s local SGD settings for the round of ``msg``: the run's budget (``fl.local_budget``)
+    and the learning rate the server sent (``lr``, after a search) or ``fl.lr``."""
+    config = msg.content["config"]
+    rnd = int(config["server-round"])
+    lr = float(config["lr"]) if "lr" in config else setup.fl.lr
+    return LocalOpts(setup.fl.local_epochs, setup.train.batch_size, lr, setup.fl.momentum,
+                     derive_seed(setup.seed, "local", k, rnd), setup.fl.steps_per_round)  # fmt: skip
+
+
+def search_on_client(setup: Setup, k: int, data: ClientData, msg: Message) -> tuple[np.ndarray, int]:
+    """Client ``k``'s held-out losses ``[L]`` for the candidates of ``fl.lr_candidates``, from the initial
+    global parameters in ``msg`` (``fedgeo.fl.lr_search``)."""
+    opts = LocalOpts(setup.fl.local_epochs, setup.train.batch_size, setup.fl.lr, setup.fl.momentum, 0,
+                     setup.fl.steps_per_round)  # fmt: skip
+    return candidate_losses(
+        lambda: setup.model.make(setup.dim, setup.num_classes, seed=0), from_record(msg.content["arrays"]),
+        data.features, data.labels, setup.fl.lr_candidates, opts, setup.fl.lr_search_rounds,
+        derive_seed(setup.seed, "lrsearch", k),
+    )  # fmt: skip
+
+
 def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
     """The ``ClientApp`` of a run with a ``Setup``, or with a function that builds it from the node's
     ``Context`` (a deployed SuperNode: ``fedgeo.fl.deploy``).
@@ -142,6 +165,14 @@ def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
         context.state["prepared"] = ConfigRecord({"path": str(path)})
         return _reply(msg, metrics=MetricRecord({"n_train": data.size, "n_raw": n_raw}))
 
+    @app.query("lrsearch")
+    def lrsearch(msg: Message, context: Context) -> Message:
+        limit_threads()
+        setup = get(context)
+        k, data_dir = _where(context, setup)
+        losses, n = search_on_client(setup, k, load_client(client_file(data_dir, k, prepared=True)), msg)
+        return _reply(msg, scores=to_record({"losses": losses, "n": np.array([n], dtype=np.int64)}))
+
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         limit_threads()
@@ -149,19 +180,29 @@ def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
         k, data_dir = _where(context, setup)
         prepared = context.state["prepared"]["path"] if "prepared" in context.state else None
         data = load_client(Path(str(prepared)) if prepared else client_file(data_dir, k, prepared=True))
-        rnd = int(msg.content["config"]["server-round"])
-        opts = LocalOpts(setup.fl.local_epochs, setup.train.batch_size, setup.fl.lr, setup.fl.momentum,
-                         derive_seed(setup.seed, "local", k, rnd), setup.fl.min_local_steps)  # fmt: skip
         state = from_record(context.state["strategy"]) if "strategy" in context.state else {}
         payload = from_record(msg.content["payload"]) if "payload" in msg.content else {}
         model = setup.model.make(setup.dim, setup.num_classes, seed=0)
+        global_params = from_record(msg.content["arrays"])
+        loss_start = mean_loss(set_params(model, global_params), data.features, data.labels)
         params, extras, new_state, metrics = setup.strategy.client_update(
-            model, from_record(msg.content["arrays"]), data.features, data.labels, state, payload, opts
+            model, global_params, data.features, data.labels, state, payload, train_opts(setup, k, msg)
         )
         context.state["strategy"] = to_record(new_state)
+        weight = (
+            data.size if setup.fl.weight_by == "augmented" else load_client(client_file(data_dir, k)).size
+        )
         out: dict[str, Any] = {
             "arrays": to_record(params),
-            "metrics": MetricRecord({"num-examples": data.size, "train_loss": metrics["loss"]}),
+            "metrics": MetricRecord(
+                {
+                    "num-examples": weight,
+                    "train_loss": metrics["loss"],
+                    "loss_start": loss_start,
+                    "local_steps": int(metrics["steps"]),
+                    "n_train": data.size,
+                }
+            ),  # fmt: skip
         }
         if extras:
             out["extras"] = to_record(extras)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -12,7 +13,7 @@ import numpy as np
 
 from common.errors import SuiteError
 from common.experiment import RunOutput
-from common.log import RunLogger
+from common.log import RunLogger, get_logger
 from fedgeo.augment import Augmenter, ClientData
 from fedgeo.classifier import TrainSettings
 from fedgeo.data import EmbeddingDataset
@@ -23,10 +24,11 @@ from fedgeo.fl.simulation import run_inprocess, run_ray
 from fedgeo.fl.strategy.base import FLStrategy
 from fedgeo.models import ClassifierModel
 
+log = get_logger("fedgeo.fl")
 SERIES = ("acc", "acc_domain_avg", "loss", "bytes_up", "bytes_down", "wall_s")
 
 
-def summarize(sink: RunSink, domain_names: Sequence[str]) -> RunOutput:
+def summarize(sink: RunSink, domain_names: Sequence[str], fl: FLSettings) -> RunOutput:
     """The record's metrics (``acc_best``, ``acc_final``, ...) and per-round series from ``sink``."""
     if not sink.rounds:
         raise SuiteError(
@@ -52,7 +54,45 @@ def summarize(sink: RunSink, domain_names: Sequence[str]) -> RunOutput:
         **{f"acc_{d}_final": last[f"acc_{d}"] for d in domain_names if f"acc_{d}" in last},
         **sink.exchange,
     }
-    return RunOutput(metrics, series, {k: "round" for k in series})
+    train_metrics, train_series = training_summary(sink, fl.min_loss_drop)
+    metrics |= train_metrics | {"lr": sink.exchange.get("lr_selected", fl.lr)}
+    steps = {k: "round" for k in series} | {k: "train_round" for k in train_series}
+    converged = {1.0: "true", 0.0: "false"}.get(train_metrics.get("converged", -1.0), "n/a")
+    labels = {"converged": converged, **({"lr_search": json.dumps(sink.lr_search)} if sink.lr_search else {})}
+    return RunOutput(metrics, series | train_series, steps, labels)
+
+
+def training_summary(sink: RunSink, min_loss_drop: float) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """The training rounds' facts: SGD steps per client (fewest and most over all rounds), the global
+    model's training loss before the first and the last round, its relative drop and ``converged``
+    (``1.0`` when the drop is at least ``min_loss_drop``; with one round, the end point is the round's
+    mean local loss); and the per-round series (``train_round``, ``train_loss_start``, ``local_steps_*``)."""
+    tr = sink.train
+    if not tr:
+        return {}, {}
+    first, last = tr[0]["loss_start"], (tr[-1]["loss_start"] if len(tr) > 1 else tr[0]["train_loss"])
+    drop = 1.0 - last / first if first > 0 and np.isfinite(last) else float("-inf")
+    metrics = {
+        "local_steps_min": min(r["local_steps_min"] for r in tr),
+        "local_steps_max": max(r["local_steps_max"] for r in tr),
+        "train_loss_first": first,
+        "train_loss_last": last,
+        "loss_drop": drop,
+        "converged": float(drop >= min_loss_drop),
+    }
+    names = {"round": "train_round", "loss_start": "train_loss_start",
+             "local_steps_min": "local_steps_min", "local_steps_max": "local_steps_max"}  # fmt: skip
+    return metrics, {out: [r[k] for r in tr] for k, out in names.items()}
+
+
+def not_converged_message(metrics: dict[str, float], fl: FLSettings) -> str:
+    """The console's warning for a run whose training loss barely moved (or rose)."""
+    return (
+        f"the global training loss fell too little ({metrics['train_loss_first']:.4f} -> "
+        f"{metrics['train_loss_last']:.4f} nats, {100 * metrics['loss_drop']:.1f}% < fl.min_loss_drop="
+        f"{100 * fl.min_loss_drop:g}%): the run is recorded "
+        "converged=false; try a larger fl.lr, more rounds or a learning-rate search (fl.lr_candidates=[...])"
+    )
 
 
 def run_federated(
@@ -92,7 +132,11 @@ def run_federated(
         run_inprocess(server, client, len(raw))
     for f in sink.failures:
         logger.event("client_failure", detail=f)
-    out = summarize(sink, test.domain_names)
+    out = summarize(sink, test.domain_names, fl)
+    if out.labels.get("converged") == "false":
+        logger.event("not_converged", loss_first=out.metrics["train_loss_first"],
+                     loss_last=out.metrics["train_loss_last"])  # fmt: skip
+        log.warning(not_converged_message(out.metrics, fl))
     out.metrics |= {"fl_wall_s": time.perf_counter() - t0, "num_clients": float(len(raw)),
                     "multi_domain": float(bool(getattr(augment, "multi_domain", False)))}  # fmt: skip
     logger.event(

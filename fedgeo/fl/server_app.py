@@ -27,9 +27,10 @@ from common.log import get_logger
 from fedgeo.augment import ClientData
 from fedgeo.federation import TestSet, evaluate
 from fedgeo.fl.client_app import Setup
+from fedgeo.fl.lr_search import pick_lr
 from fedgeo.fl.records import from_record, record_bytes, to_record
 from fedgeo.fl.strategy.base import ClientResult
-from fedgeo.fl.training import Arrays, set_params
+from fedgeo.fl.training import Arrays, get_params, set_params
 from fedgeo.normalize import Normalizer, NormStats, fit_from_stats, merge_norm_stats
 
 log = get_logger("fedgeo.fl")
@@ -42,6 +43,8 @@ class RunSink:
     rounds: list[dict[str, float]] = field(default_factory=list)
     exchange: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    train: list[dict[str, float]] = field(default_factory=list)
+    lr_search: dict[str, float] = field(default_factory=dict)
     final_params: Arrays | None = None
     on_round: Any = None  # callable(round, metrics) for live logging
 
@@ -114,11 +117,26 @@ def _suite_strategy(base: type, spec, sink: RunSink, num_clients: int, kwargs: d
             new, self.server_state = spec.aggregate(
                 self.global_arrays, results, self.server_state, num_clients
             )
-            loss = float(np.average([r.content["metrics"]["train_loss"] for r in good],
-                                    weights=[x.num_examples for x in results]))  # fmt: skip
-            return to_record(new), MetricRecord({"train_loss": loss})
+            stats = train_stats(server_round, [r.content["metrics"] for r in good])
+            sink.train.append(stats)
+            return to_record(new), MetricRecord({"train_loss": stats["train_loss"]})
 
     return SuiteStrategy()
+
+
+def train_stats(rnd: int, metrics: list[Any]) -> dict[str, float]:
+    """One training round's facts from the replies' metrics: the global model's training loss before the
+    round (``loss_start``, nats, mean over the participants' training rows), the mean loss during local
+    training, and the fewest and most SGD steps a client took."""
+    n = np.array([float(m["n_train"]) for m in metrics])
+    steps = [int(m["local_steps"]) for m in metrics]
+    return {
+        "round": float(rnd),
+        "loss_start": float(np.average([float(m["loss_start"]) for m in metrics], weights=n)),
+        "train_loss": float(np.average([float(m["train_loss"]) for m in metrics], weights=n)),
+        "local_steps_min": float(min(steps)),
+        "local_steps_max": float(max(steps)),
+    }
 
 
 def make_server_app(
@@ -161,7 +179,25 @@ def serve(
     training rounds; every evaluated round lands in ``sink``."""
     norm = prepare_clients(grid, setup, sink)
     test = TestSet(norm(test_raw.features), test_raw.labels, test_raw.domains, domain_names)
-    train_rounds(grid, setup, test, sink)
+    model = setup.model.make(setup.dim, setup.num_classes, seed=setup.seed)
+    lr = search_lr(grid, setup, get_params(model), sink) if setup.fl.lr_candidates else setup.fl.lr
+    train_rounds(grid, setup, test, sink, model, lr)
+
+
+def search_lr(grid: Grid, setup: Setup, init: Arrays, sink: RunSink) -> float:
+    """The learning rate chosen among ``fl.lr_candidates`` by the clients' held-out losses
+    (``query.lrsearch``, ``fedgeo.fl.lr_search``); the choice and the mean losses land in ``sink``."""
+    t0 = time.perf_counter()
+    content = RecordDict({"arrays": to_record(init)})
+    got = exchange(grid, "lrsearch", content, setup.fl.timeout_s, sink)
+    scores = [from_record(r.content["scores"]) for r in got]
+    cands = setup.fl.lr_candidates
+    lr, mean = pick_lr(np.stack([s["losses"] for s in scores]), np.array([s["n"][0] for s in scores]), cands)
+    sink.exchange |= {"lr_selected": lr, "lr_search_s": time.perf_counter() - t0}
+    sink.lr_search = {f"{c:g}": float(m) for c, m in zip(cands, mean, strict=True)}
+    log.info("learning rate %g chosen on the clients' held-out training rows (mean loss per lr: %s)", lr,
+             ", ".join(f"{c:g}: {m:.4f}" for c, m in zip(cands, mean, strict=True)))  # fmt: skip
+    return lr
 
 
 def prepare_clients(grid: Grid, setup: Setup, sink: RunSink) -> Normalizer:
@@ -180,18 +216,21 @@ def prepare_clients(grid: Grid, setup: Setup, sink: RunSink) -> Normalizer:
     if setup.augment.enabled:
         got = exchange(grid, "ggeur", RecordDict({"norm": norm_rec}), timeout, sink)
         reply, info = setup.augment.server_reply([from_record(r.content["upload"]) for r in got])
-        sink.exchange["ggeur_clipped"] = float(info.get("clipped", 0))
+        sink.exchange |= {
+            f"ggeur_{k}": float(info.get(k, 0))
+            for k in ("clipped", "withheld_classes", "withheld_prototypes")
+        }
     got = exchange(grid, "prepare", RecordDict({"norm": norm_rec, "reply": to_record(reply)}), timeout, sink)
     sink.exchange["n_train_mean"] = float(np.mean([r.content["metrics"]["n_train"] for r in got]))
     sink.exchange["prepare_s"] = time.perf_counter() - t0
     return norm
 
 
-def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink) -> None:
-    """``fl.rounds`` training rounds through ``Strategy.start``; the global model scored on ``test``."""
+def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink, model: Any, lr: float) -> None:
+    """``fl.rounds`` training rounds of ``model`` (its parameters the initial global ones) through
+    ``Strategy.start``, clients training at learning rate ``lr``; the global model scored on ``test``."""
     fl, timeout = setup.fl, setup.fl.timeout_s
     nodes = list(grid.get_node_ids())
-    model = setup.model.make(setup.dim, setup.num_classes, seed=setup.seed)
     base = flwr_strategy.FedAvg  # its sampling and round loop; the aggregation is the suite strategy's
     kwargs: dict[str, Any] = {"fraction_train": fl.fraction, "fraction_evaluate": 0.0,
                               "min_train_nodes": fl.min_clients, "min_available_nodes": len(nodes)}  # fmt: skip
@@ -222,4 +261,5 @@ def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink) -> None
         return MetricRecord({k: float(v) for k, v in ev.items()})
 
     initial = to_record({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
-    strat.start(grid, initial, num_rounds=fl.rounds, timeout=timeout, evaluate_fn=evaluate_fn)
+    strat.start(grid, initial, num_rounds=fl.rounds, timeout=timeout, evaluate_fn=evaluate_fn,
+                train_config=ConfigRecord({"lr": float(lr)}))  # fmt: skip

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.config import schema
 from common.errors import ConfigError
 
 BACKENDS = ("inprocess", "ray")
+LOCAL_BUDGETS = ("epochs", "steps")
+WEIGHT_BY = ("raw", "augmented")
 
 
 @schema("fl", "default")
@@ -20,11 +22,22 @@ class FLSettings:
         clients: the federation's size (the Dirichlet partitions take it as ``partition.clients``).
         fraction: share of clients sampled per round (at least ``min_clients``).
         min_clients: fewest clients a round needs.
-        local_epochs: passes over the local set per round (SGD, ``train.batch_size``).
-        min_local_steps: at least this many SGD steps per client and round (more passes over a small set),
-            so that a raw client and a GGEUR-augmented one (many more samples) train equally far; 0 = exactly
-            ``local_epochs`` passes (the paper's and the official code's rule).
+        local_budget: how far a client trains per round. ``epochs``: ``local_epochs`` passes over its set
+            (the paper's and the official code's rule: a GGEUR-augmented client, with many more samples,
+            takes many more SGD steps than a raw one); ``steps``: exactly ``local_steps`` SGD steps
+            (minibatches of ``train.batch_size``, reshuffled every pass, the last pass cut short), the same
+            for every client, so that a gain is the data's and not extra local training.
+        local_epochs: passes per round under ``local_budget=epochs``.
+        local_steps: SGD steps per round under ``local_budget=steps``.
+        weight_by: FedAvg-style aggregation weights: ``raw`` (each client's own sample count, the same
+            with and without GGEUR) or ``augmented`` (the size of the set it trained on).
         lr: local SGD learning rate. momentum: local SGD momentum (0 = plain SGD).
+        lr_candidates: when not empty, the learning rate is chosen before training among these by a search
+            on the clients' own training data (``fedgeo.fl.lr_search``; never the test set); ``lr`` is then
+            unused and the record holds the chosen one (``lr_selected``).
+        lr_search_rounds: local budgets each candidate trains for in the search.
+        min_loss_drop: a run whose global training loss fell by less than this fraction from the first to
+            the last round is recorded ``converged=false`` (and warned about on the console).
         backend: ``inprocess`` (Flower's ClientApp/ServerApp and messages, clients called in this process,
             one after another) or ``ray`` (Flower's simulation engine, one Ray actor per CPU).
         num_cpus: CPUs per client (``ray``). timeout_s: a round's wait for replies; the whole simulation
@@ -36,9 +49,14 @@ class FLSettings:
     clients: int = 10
     fraction: float = 1.0
     min_clients: int = 1
+    local_budget: str = "epochs"
     local_epochs: int = 1
-    min_local_steps: int = 0
+    local_steps: int = 32
+    weight_by: str = "raw"
     lr: float = 0.05
+    lr_candidates: list[float] = field(default_factory=list)
+    lr_search_rounds: int = 3
+    min_loss_drop: float = 0.05
     momentum: float = 0.0
     backend: str = "inprocess"
     num_cpus: int = 1
@@ -46,18 +64,23 @@ class FLSettings:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
-        for key in ("rounds", "clients", "min_clients", "local_epochs", "num_cpus", "eval_every"):
+        keys = ("rounds", "clients", "min_clients", "local_epochs", "local_steps", "num_cpus", "eval_every",
+                "lr_search_rounds")  # fmt: skip
+        for key in keys:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"fl.{key}", f"expected a positive integer, got {v!r}")
-        if (
-            isinstance(self.min_local_steps, bool)
-            or not isinstance(self.min_local_steps, int)
-            or self.min_local_steps < 0
+        for key, allowed in (("local_budget", LOCAL_BUDGETS), ("weight_by", WEIGHT_BY)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"fl.{key}", f"expected one of {allowed}, got {getattr(self, key)!r}")
+        if any(
+            isinstance(v, bool) or not isinstance(v, int | float) or not v > 0 for v in self.lr_candidates
         ):
             raise ConfigError(
-                "fl.min_local_steps", f"expected a non-negative integer, got {self.min_local_steps!r}"
+                "fl.lr_candidates", f"expected a list of positive numbers, got {self.lr_candidates!r}"
             )
+        if not 0 <= self.min_loss_drop < 1:
+            raise ConfigError("fl.min_loss_drop", f"expected a number in [0, 1), got {self.min_loss_drop!r}")
         if not 0 < self.fraction <= 1:
             raise ConfigError("fl.fraction", f"expected a number in (0, 1], got {self.fraction!r}")
         if not self.lr > 0:
@@ -68,3 +91,8 @@ class FLSettings:
             raise ConfigError("fl.backend", f"expected one of {BACKENDS}, got {self.backend!r}")
         if not self.timeout_s > 0:
             raise ConfigError("fl.timeout_s", f"expected a positive number, got {self.timeout_s!r}")
+
+    @property
+    def steps_per_round(self) -> int:
+        """SGD steps every client takes per round under ``local_budget=steps``; 0 under ``epochs``."""
+        return self.local_steps if self.local_budget == "steps" else 0
