@@ -39,6 +39,7 @@ PAPER_OFFICE_HOME_LDS = {  # beta 0.1, unweighted average over the four domains;
 
 CSV_NAME, MD_NAME = "ggeur_comparison.csv", "ggeur_comparison.md"
 FL_CSV_NAME, FL_MD_NAME, FL_PLOT_NAME = "ggeur_fl_vs_paper.csv", "ggeur_fl_vs_paper.md", "ggeur_fl_rounds.png"
+WINS_CSV_NAME, WINS_MD_NAME = "ggeur_fl_domain_wins.csv", "ggeur_fl_domain_wins.md"
 KEYS = ["mode", "dataset", "partition", "setting", "strategy", "budget"]
 METRIC = {"local": "acc_local_mean", "fl": "acc_final"}
 DOMAIN_AVG = {"local": "acc_local_domain_avg", "fl": "acc_domain_avg_final"}
@@ -269,6 +270,32 @@ def fl_paper_markdown(table: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def domain_win_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """``mode=fl``: per (dataset, setting, strategy, budget, arm, test domain), GGEUR's gain over
+    ``augment=none`` of the same setting, strategy, budget and seed in that domain's final accuracy: mean
+    gain (points) and how many seeds won, lost and tied. Empty without paired runs."""
+    frame = records_frame(records)
+    frame = frame[frame["mode"] == "fl"] if not frame.empty else frame
+    if frame.empty:
+        return pd.DataFrame()
+    keys = ["dataset", "partition", "setting", "strategy", "budget"]
+    rows = []
+    for key, cell in frame.groupby(keys, sort=True):
+        base = cell[cell["arm"] == "none"].set_index("seed")
+        for arm, sub in cell[cell["arm"] != "none"].groupby("arm", sort=True):
+            sub = sub.set_index("seed")
+            seeds = sorted(set(base.index) & set(sub.index))
+            for col in [c for c in domain_columns(cell) if cell[c].notna().all()]:
+                gains = [100 * (sub.at[s, col] - base.at[s, col]) for s in seeds]
+                if gains:
+                    rows.append(dict(zip(keys, key, strict=True)) | {
+                        "arm": arm, "domain": col.removeprefix("acc_").removesuffix("_final"),
+                        "gain_pts_mean": mean_std(gains)[0], "seeds": len(gains),
+                        "won": sum(g > 0 for g in gains), "lost": sum(g < 0 for g in gains),
+                        "tied": sum(g == 0 for g in gains)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def fl_round_plot(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path | None:
     """Global test accuracy per round (mean ± std over seeds, one line per setting, strategy and arm)."""
     frame = records_frame(records)
@@ -294,8 +321,9 @@ def fl_round_plot(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[
 
 def fed_comparison_table(records: Iterable[Mapping[str, Any]], out: str | os.PathLike[str]) -> list[Path]:
     """Write into folder ``out`` (atomically) the GGEUR-vs-none table (``ggeur_comparison.csv``/``.md``)
-    and, with ``mode=fl`` records, the paper-style table (``ggeur_fl_vs_paper.csv``/``.md``) and the
-    per-round plot (``ggeur_fl_rounds.png``). Returns the paths written (``[]`` without fed records)."""
+    and, with ``mode=fl`` records, the paper-style table (``ggeur_fl_vs_paper.csv``/``.md``), the wins and
+    losses per test domain and seed (``ggeur_fl_domain_wins.csv``/``.md``) and the per-round plot
+    (``ggeur_fl_rounds.png``). Returns the paths written (``[]`` without fed records)."""
     records = list(records)
     out_dir = Path(out)
     written: list[Path] = []
@@ -311,6 +339,14 @@ def fed_comparison_table(records: Iterable[Mapping[str, Any]], out: str | os.Pat
             atomic_write_text(out_dir / FL_CSV_NAME, fl.to_csv(index=False, na_rep="")),
             atomic_write_text(out_dir / FL_MD_NAME, fl_paper_markdown(fl)),
         ]
+        wins = domain_win_rows(records)
+        if not wins.empty:
+            written += [
+                atomic_write_text(out_dir / WINS_CSV_NAME, wins.to_csv(index=False, na_rep="")),
+                atomic_write_text(
+                    out_dir / WINS_MD_NAME, wins.to_markdown(index=False, floatfmt=".2f") + "\n"
+                ),
+            ]
         plot = fl_round_plot(records, out_dir / FL_PLOT_NAME)
         written += [plot] if plot else []
     return written

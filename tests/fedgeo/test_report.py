@@ -59,7 +59,8 @@ def test_fl_table_per_domain_average_and_paper_numbers(tmp_path: Path) -> None:
     written = fed_comparison_table(recs, tmp_path)
     names = {p.name for p in written}
     assert names == {"ggeur_comparison.csv", "ggeur_comparison.md", "ggeur_fl_vs_paper.csv",
-                     "ggeur_fl_vs_paper.md", "ggeur_fl_rounds.png"}  # fmt: skip
+                     "ggeur_fl_vs_paper.md", "ggeur_fl_domain_wins.csv", "ggeur_fl_domain_wins.md",
+                     "ggeur_fl_rounds.png"}  # fmt: skip
     md = (tmp_path / "ggeur_fl_vs_paper.md").read_text()
     assert "+GGEUR+MD" in md and "82.36" in md and "87.50 ± 3.54" in md
     assert (tmp_path / "ggeur_fl_rounds.png").read_bytes()[:4] == b"\x89PNG"
