@@ -62,7 +62,7 @@ def plain_rounds(clients, test, augment: Augmenter, fl: FLSettings, train: Train
             )
             local = model.make(test.dim, test.num_classes, seed=0)
             params, extras, _, _ = strategy.client_update(local, glob, c.features, c.labels, {}, {}, opts)
-            results.append(ClientResult(params, c.size, extras))
+            results.append(ClientResult(params, clients[k].size, extras))  # fl.weight_by=raw
         glob, _ = strategy.aggregate(glob, results, {}, len(data))
         accs.append(evaluate(set_params(net, glob), ts)["acc"])
         walls.append(time.perf_counter() - t0)
