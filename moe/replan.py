@@ -22,14 +22,19 @@ by layer ``li`` when its assignment becomes ``layer`` (``moe.replan_gain.LayerGa
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from common.errors import InputError
 from moe.migration import layer_moves
 from moe.placement.base import Placement
 
 POLICIES = ("static", "periodic", "incremental")
+CANDIDATES_PER_COPY = 4  # scored candidate steps per copy of budget when a shortlist is asked for
 Layer = list[list[int]]
 Gain = Callable[[int, Layer], float]
 
@@ -63,9 +68,18 @@ def plan(policy: str, targets: Sequence[Placement], budget: int | None = None,
 
 
 def incremental_step(
-    current: Placement, target: Placement, budget: int | None, gain: Gain | None, min_ratio: float = 0.0
+    current: Placement,
+    target: Placement,
+    budget: int | None,
+    gain: Gain | None,
+    min_ratio: float = 0.0,
+    load: np.ndarray | None = None,
 ) -> Placement:
-    """``current`` moved toward ``target`` by at most ``budget`` copies per layer (module docstring)."""
+    """``current`` moved toward ``target`` by at most ``budget`` copies per layer (module docstring).
+
+    ``load`` (float ``[L, E]``, the profile's token copies per expert): when given, only the steps of the
+    ``CANDIDATES_PER_COPY x budget`` most loaded missing experts of a layer are scored (online speed).
+    """
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
         raise InputError(f"replan: move budget must be an integer >= 0 or None, got {budget!r}")
     if budget is None:
@@ -77,7 +91,9 @@ def incremental_step(
         elif budget == 0 or gain is None:
             new = [list(g) for g in cur]
         else:
-            new = greedy_layer(cur, tgt, budget, lambda lay, i=li: gain(i, lay), min_ratio)
+            shortlist = None if load is None else CANDIDATES_PER_COPY * budget
+            new = greedy_layer(cur, tgt, budget, lambda lay, i=li: gain(i, lay), min_ratio,
+                               None if load is None else load[li], shortlist)  # fmt: skip
         moved += len(layer_moves(cur, new))
         layers.append(new)
     info = {"policy": "incremental", "budget": budget, "moved_copies": moved, "target": target.name}
@@ -85,47 +101,70 @@ def incremental_step(
 
 
 def greedy_layer(
-    start: Layer, target: Layer, budget: int, gain: Callable[[Layer], float], min_ratio: float = 0.0
+    start: Layer,
+    target: Layer,
+    budget: int,
+    gain: Callable[[Layer], float],
+    min_ratio: float = 0.0,
+    load: np.ndarray | None = None,
+    shortlist: int | None = None,
 ) -> Layer:
     """One layer's greedy steps toward ``target`` by gain per copy moved (module docstring); a step needs a
-    gain per added copy above ``min_ratio``."""
+    gain per added copy above ``min_ratio``. With ``load [E]`` and ``shortlist``, only the steps of the
+    ``shortlist`` most loaded missing experts are candidates (ties: GPU, then expert id).
+
+    Lazy greedy: every missing copy's step is scored once; then the best stale score is re-scored on the
+    current layer and applied when it still beats the next stale score, else put back with its new score.
+    """
     cur = [list(g) for g in start]
     base = gain(cur)
-    for _ in range(4 * sum(len(g) for g in target) + 1):
-        best, best_ratio, best_gain = None, float(min_ratio), base
-        used = len(layer_moves(start, cur))
-        for cand in candidate_steps(cur, target):
-            cost = len(layer_moves(start, cand))
-            if cost > budget:
-                continue
-            g = gain(cand)
-            ratio = (g - base) / max(cost - used, 0.5)  # a step that undoes a move costs nothing more
-            if g > base and ratio > best_ratio:
-                best, best_ratio, best_gain = cand, ratio, g
-        if best is None:
-            return cur
-        cur, base = best, best_gain
+    todo = missing(cur, target)
+    if load is not None and shortlist is not None:
+        todo = sorted(todo, key=lambda c: (-float(load[c[1]]), c))[:shortlist]
+    heap = [(-math.inf, b, y) for b, y in todo]
+    heapq.heapify(heap)
+    while heap:
+        _, b, y = heapq.heappop(heap)
+        step = step_for(cur, target, b, y)
+        if step is None:
+            continue
+        cost = len(layer_moves(start, step))
+        if cost > budget:
+            continue
+        g = gain(step)
+        ratio = (g - base) / max(cost - len(layer_moves(start, cur)), 0.5)  # undoing a move costs nothing
+        if ratio <= min_ratio or g <= base:
+            continue
+        if heap and -heap[0][0] > ratio:
+            heapq.heappush(heap, (-ratio, b, y))
+            continue
+        cur, base = step, g
     return cur
 
 
+def missing(cur: Layer, target: Layer) -> list[tuple[int, int]]:
+    """``(gpu, expert)`` copies the target holds and ``cur`` does not."""
+    return [(b, y) for b, want in enumerate(target) for y in sorted(set(want) - set(cur[b]))]
+
+
 def candidate_steps(cur: Layer, target: Layer) -> list[Layer]:
-    """One step per missing target copy ``(b, y)`` (module docstring); layers are new lists."""
+    """One step per missing target copy (module docstring); layers are new lists."""
+    steps = (step_for(cur, target, b, y) for b, y in missing(cur, target))
+    return [s for s in steps if s is not None]
+
+
+def step_for(cur: Layer, target: Layer, b: int, y: int) -> Layer | None:
+    """The step that puts expert ``y`` on GPU ``b`` (``replace`` or ``swap``), ``None`` when there is none."""
+    if y in cur[b]:
+        return None
+    surplus = sorted(set(cur[b]) - set(target[b]))
+    if not surplus:
+        return None
     counts = Counter(e for gpu in cur for e in gpu)
-    out = []
-    for b, want in enumerate(target):
-        surplus = sorted(set(cur[b]) - set(want))
-        for y in sorted(set(want) - set(cur[b])):
-            if not surplus:
-                continue
-            spare = [x for x in surplus if counts[x] >= 2]
-            if spare:
-                x = max(spare, key=lambda e: (counts[e], -e))
-                out.append(_replaced(cur, b, x, y))
-                continue
-            swap = _swap_for(cur, target, b, y, surplus)
-            if swap is not None:
-                out.append(swap)
-    return out
+    spare = [x for x in surplus if counts[x] >= 2]
+    if spare:
+        return _replaced(cur, b, max(spare, key=lambda e: (counts[e], -e)), y)
+    return _swap_for(cur, target, b, y, surplus)
 
 
 def _swap_for(cur: Layer, target: Layer, b: int, y: int, surplus: list[int]) -> Layer | None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from moe.cost_model import EvalOptions, LayerModel
 from moe.placement.base import Placement
+from moe.stats import expert_load
 from moe.topology import Topology
 
 
@@ -33,6 +34,7 @@ class LayerGain:
         if tokens is not None:
             ex = ex[: max(int(tokens), min(options.batch_tokens or ex.shape[0], ex.shape[0]))]
         self.model = LayerModel(ex, topology, options, slot_order, current.num_experts)
+        self.load = expert_load(ex, current.num_experts)  # [L, E] token copies, the candidates' shortlist
         self.base, self.pos = self.model.forward(current.assignment)
         self.batches = max(self.model.nb, 1)
         self.calls = 0
