@@ -12,7 +12,6 @@ the same run: the ``periodic`` re-placement (the target alone). Writes ``results
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -51,6 +50,30 @@ def _source(windows: int, drift: float):  # noqa: ANN202 - a TraceSource
                          "tokens": 192000, "windows": windows, "drift": drift})  # fmt: skip
 
 
+def _one(placer, prev_w, cur_w, topo, opts, budget: int, repeats: int, seed: int) -> dict[str, float]:  # noqa: ANN001
+    """Time one placement's target on ``cur_w`` and the incremental step from its placement of ``prev_w``."""
+    order = cur_w.slot_order or "unordered"
+    ebytes = expert_weight_bytes(topo)
+    min_ratio = ebytes / float(topo.bandwidth_bytes_per_s()[0, 1]) / 3000  # one copy's move over 3000 steps
+
+    def target(w):  # noqa: ANN001, ANN202
+        return placer.place(ProfiledProblem.from_trace(w.experts, w.num_experts, topo, opts, order, seed))
+
+    current = target(prev_w)
+    t_target, tgt = timed(lambda: target(cur_w), repeats)
+
+    def step():  # noqa: ANN202
+        gain = LayerGain(cur_w.experts, current, topo, opts, order, 8192)
+        return incremental_step(current, tgt, budget, gain, min_ratio, gain.load)
+
+    t_step, new = timed(step, repeats)
+    total = t_target + t_step
+    return {"target_s": t_target, "gain_greedy_s": t_step, "incremental_s": total,
+            "incremental_vs_goal": total / GOAL_S, "incremental_vs_periodic": total / t_target,
+            "moved_copies": float(migration(current, new, topo, ebytes).num_copies),
+            "periodic_copies": float(migration(current, tgt, topo, ebytes).num_copies)}  # fmt: skip
+
+
 def body(ctx: RunContext, windows: int, drift: float, budget: int, repeats: int) -> RunOutput:
     log = get_logger("bench")
     source = _source(windows, drift)
@@ -58,37 +81,16 @@ def body(ctx: RunContext, windows: int, drift: float, budget: int, repeats: int)
     opts = EvalOptions(batch_tokens=2048)
     parts = source.windowed(ctx.seed)
     prev_w, cur_w = parts[-3], parts[-2]  # the window before (serving placement) and the one re-placed on
-    order = cur_w.slot_order or "unordered"
-    ebytes = expert_weight_bytes(topo)
-    min_ratio = ebytes / float(topo.bandwidth_bytes_per_s()[0, 1]) / 3000
     metrics: dict[str, float] = {"window_tokens": float(cur_w.num_tokens)}
     print(f"{'placement':12s} {'target s':>9s} {'gain+greedy s':>14s} {'incremental s':>14s} {'copies':>7s} "
           f"{'periodic copies':>16s}")  # fmt: skip
     # EPLB as deployed (one redundant slot per GPU, conf/placement/eplb.yaml) and greedy (no replicas)
     for name, placer in (("eplb", EPLB(num_redundant=topo.num_gpus)), ("greedy", Greedy())):
-
-        def target(w):  # noqa: ANN001, ANN202
-            problem = ProfiledProblem.from_trace(w.experts, w.num_experts, topo, opts, order, ctx.seed)
-            return placer.place(problem)
-
-        current = target(prev_w)
-        t_target, tgt = timed(lambda: target(cur_w), repeats)  # noqa: B023
-
-        def step():  # noqa: ANN202
-            gain = LayerGain(cur_w.experts, current, topo, opts, order, 8192)  # noqa: B023
-            return incremental_step(current, tgt, budget, gain, min_ratio, gain.load)  # noqa: B023
-
-        t0 = time.perf_counter()
-        t_step, new = timed(step, repeats)
-        log.info(f"{name}: incremental step {t_step:.2f} s ({time.perf_counter() - t0:.1f} s for {repeats})")
-        copies = migration(current, new, topo, ebytes).num_copies
-        full = migration(current, tgt, topo, ebytes).num_copies
-        total = t_target + t_step
-        metrics.update({f"{name}_target_s": t_target, f"{name}_gain_greedy_s": t_step,
-                        f"{name}_incremental_s": total, f"{name}_incremental_vs_goal": total / GOAL_S,
-                        f"{name}_incremental_vs_periodic": total / t_target,
-                        f"{name}_moved_copies": float(copies), f"{name}_periodic_copies": float(full)})  # fmt: skip
-        print(f"{name:12s} {t_target:9.3f} {t_step:14.3f} {total:14.3f} {copies:7d} {full:16d}")
+        m = _one(placer, prev_w, cur_w, topo, opts, budget, repeats, ctx.seed)
+        metrics.update({f"{name}_{k}": v for k, v in m.items()})
+        log.info(f"{name}: incremental re-placement {m['incremental_s']:.2f} s")
+        print(f"{name:12s} {m['target_s']:9.3f} {m['gain_greedy_s']:14.3f} {m['incremental_s']:14.3f} "
+              f"{int(m['moved_copies']):7d} {int(m['periodic_copies']):16d}")  # fmt: skip
     print(f"goal: an incremental re-placement within {GOAL_S:.0f} s (budget {budget} copies per layer)")
     return RunOutput(metrics=metrics)
 
