@@ -75,3 +75,25 @@ def test_bad_input_is_one_error_line_naming_the_key(tmp_path: Path, override: st
     assert out.returncode == 2, out.stderr
     assert f"error: config key '{key}'" in out.stderr
     assert not (tmp_path / "result.json").exists()
+
+
+def test_report_draws_one_figure_per_trace_and_topology(tmp_path: Path) -> None:
+    from moe.replan_report import replan_report, window_curves
+
+    def rec(policy: str, topo: str, times: list[float]) -> dict:
+        cfg = {"mode": "replan", "trace": {"name": "t", "drift": 0.1}, "topology": {"name": topo},
+               "placement": {"name": "eplb"}, "replan": {"policy": policy}}  # fmt: skip
+        return {"suite": "moe", "config": cfg, "series": {"layer_time_tail_s": times}}
+
+    records = [
+        rec("static", "a", [1.0, 2.0]),
+        rec("periodic", "a", [1.0, 1.5]),
+        rec("static", "b", [3.0, 3.0]),
+    ]
+    curves = window_curves(records)
+    assert curves[("t on a", "eplb", 0.1)]["periodic"].tolist() == [1.0, 1.5]
+    paths = replan_report(records, tmp_path)
+    assert sorted(p.name for p in paths) == [
+        "layer_time_per_window_t_on_a.png",
+        "layer_time_per_window_t_on_b.png",
+    ]
