@@ -89,6 +89,7 @@ BENCHMARK_MODULES = [
     "benchmarks.ggeur",
     "benchmarks.moetuner_solve",
     "benchmarks.fl",
+    "benchmarks.replan",
 ]
 
 
