@@ -64,8 +64,10 @@ def replan_report(records: Iterable[Mapping[str, Any]], out: str | os.PathLike[s
                         ax.set_xticks(np.arange(1, len(y) + 1))
                         ax.set_xticks(np.arange(1, len(y) + 1))
                 ax.set_title(f"{place}, drift {drift:g}", fontsize=9)
-                ax.set_xlabel("served window") if i == len(places) - 1 else None
-                ax.set_ylabel("MoE-layer time (ms)") if j == 0 else None
+                if i == len(places) - 1:
+                    ax.set_xlabel("served window")
+                if j == 0:
+                    ax.set_ylabel("MoE-layer time (ms)")
         axes[0][0].legend(fontsize=8)
         fig.suptitle(f"{trace}: modelled MoE-layer time per window and policy (lower is better)", fontsize=10)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", trace)
