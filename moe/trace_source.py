@@ -22,10 +22,11 @@ from common.config import rekey, schema
 from common.errors import ConfigError, InputError
 from common.log import get_logger
 from common.seeding import derive_seed
+from moe.drift import apply_drift
 from moe.synthetic import PRESETS, ModelShape, generate_trace
 from moe.topology import Topology
 from moe.trace import SLOT_ORDERS, Trace, check_slot_order, load_trace
-from moe.trace_split import head, split_by_prompt, split_by_tokens
+from moe.trace_split import head, split_by_prompt, split_by_tokens, split_windows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _log = get_logger("moe.trace_source")
@@ -112,12 +113,19 @@ class TraceSource:
         max_tokens: keep only the first N tokens (quick runs); null = all.
         profile_fraction: share of the prompts that profile (place); the rest evaluates.
         split_seed: seed of the random prompt split; null = the run's seed.
+        windows: ``mode=replan`` only: cut the trace into this many windows of whole prompts in prompt
+            order (``moe.trace_split.split_windows``); null = no windows (``mode=place``).
+        drift: the rate in [0, 1] at which the hot experts shift at each window boundary (``moe.drift``);
+            needs ``windows`` (a synthetic trace without windows keeps its own one-step drift, see
+            ``SyntheticTrace``).
     """
 
     name: str = "trace"
     max_tokens: int | None = None
     profile_fraction: float = 0.5
     split_seed: int | None = None
+    windows: int | None = None
+    drift: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -125,6 +133,8 @@ class TraceSource:
         _opt_int("max_tokens", self.max_tokens, 2)
         _unit("profile_fraction", self.profile_fraction, 0.0, 1.0, open_ends=True)
         _opt_int("split_seed", self.split_seed, 0)
+        _opt_int("windows", self.windows, 2)
+        _unit("drift", self.drift, 0.0, 1.0)
 
     def generate(self, seed: int) -> Trace:
         """The whole trace before ``max_tokens``."""
@@ -149,6 +159,12 @@ class TraceSource:
 
     def profile_and_evaluation(self, seed: int) -> tuple[Trace, Trace]:
         """Load and split; logs one line describing both parts."""
+        if self.windows is not None:
+            raise ConfigError("trace.windows", "windows are for mode=replan; set trace.windows=null here")
+        if self.drift > 0 and not isinstance(self, SyntheticTrace):
+            raise ConfigError(
+                "trace.drift", "drift of a recorded trace needs windows (mode=replan trace.windows=N)"
+            )
         trace = self.load(seed)
         profile, evaluation = self.split(trace, seed)
         _log.info(
@@ -157,6 +173,28 @@ class TraceSource:
             f"{evaluation.num_prompts} prompts"
         )
         return profile, evaluation
+
+    def windowed(self, seed: int) -> list[Trace]:
+        """The whole trace (after ``max_tokens``) cut into ``windows`` windows in prompt order, with ``drift``
+        applied (shifts seeded from ``seed``, the run's); logs one line.
+
+        Raises:
+            ConfigError: ``trace.windows`` unset, or more windows than the trace has prompts.
+        """
+        if self.windows is None:
+            raise ConfigError("trace.windows", "expected an integer >= 2 (mode=replan serves window k+1 "
+                              "with a placement profiled on window k), got null")  # fmt: skip
+        trace = self.load(seed)
+        try:
+            parts = split_windows(trace, int(self.windows))
+        except InputError as exc:
+            raise ConfigError("trace.windows", str(exc)) from None
+        parts = apply_drift(parts, float(self.drift), derive_seed(seed, "trace_drift"))
+        _log.info(
+            f"trace {self.name}: {trace.describe()}; {len(parts)} windows of "
+            f"{min(p.num_tokens for p in parts)}-{max(p.num_tokens for p in parts)} tokens, drift {self.drift}"
+        )
+        return parts
 
     def topology_for(self, topology: Topology) -> Topology:
         """The topology with this trace's model dimensions (``FileTrace``); unchanged here."""
@@ -231,6 +269,8 @@ class SyntheticTrace(TraceSource):
         seed: the generator's seed; null = derived from the run's seed.
 
     With ``drift > 0`` the prompts are split in file order (the drift starts exactly at the evaluation part).
+    With ``windows`` set (``mode=replan``) the generator runs without its own drift and ``drift`` is the
+    per-window shift rate of ``moe.drift``, as for every trace.
     """
 
     name: str = "synthetic"
@@ -283,7 +323,7 @@ class SyntheticTrace(TraceSource):
                 self.tokens,
                 skew=self.skew,
                 affinity=float(self.affinity),
-                drift=float(self.drift),
+                drift=0.0 if self.windows is not None else float(self.drift),
                 seed=trace_seed,
                 fanout=self.fanout,
                 tokens_per_prompt=float(self.tokens_per_prompt),
@@ -295,7 +335,7 @@ class SyntheticTrace(TraceSource):
         return dataclasses.replace(trace, slot_order="score")
 
     def split_order_seed(self, seed: int) -> int | None:
-        return None if self.drift > 0 else super().split_order_seed(seed)
+        return None if self.drift > 0 and self.windows is None else super().split_order_seed(seed)
 
 
 KINDS: dict[str, type[TraceSource]] = {"file": FileTrace, "synthetic": SyntheticTrace}

@@ -149,3 +149,26 @@ def batches(trace: Trace, n: int, drop_last: bool = False) -> Iterator[Trace]:
         if drop_last and stop - start < n:
             return
         yield slice_tokens(trace, start, stop)
+
+
+def split_windows(trace: Trace, num_windows: int) -> list[Trace]:
+    """Cut ``trace`` into ``num_windows`` consecutive windows of whole prompts, in file (prompt) order.
+
+    Window w holds prompts ``np.array_split(range(prompts), num_windows)[w]``: equal prompt counts, the first
+    ``prompts % num_windows`` windows one prompt longer. Together the windows hold every token once, in order.
+
+    Raises:
+        InputError: when ``num_windows`` is not an integer >= 1 or exceeds the trace's prompts.
+    """
+    if isinstance(num_windows, bool) or not isinstance(num_windows, int | np.integer) or num_windows < 1:
+        raise InputError(f"windows must be a positive integer, got {num_windows!r}")
+    n = trace.num_prompts
+    if num_windows > n:
+        raise InputError(f"{num_windows} windows need at least {num_windows} prompts, the trace has {n}")
+    if num_windows == 1:
+        return [trace]
+    if trace.prompt_offsets is None:  # unreachable: one prompt allows one window only
+        raise InputError("split_windows: the trace has no 'prompt_offsets'")
+    return [
+        select_prompts(trace, idx) for idx in np.array_split(np.arange(n, dtype=np.int64), int(num_windows))
+    ]

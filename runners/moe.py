@@ -1,7 +1,8 @@
-"""``python -m runners.moe mode=place|stats ...``: the MoE placement benchmark.
+"""``python -m runners.moe mode=place|stats|replan ...``: the MoE placement benchmark.
 
 ``mode=stats`` (runners.moe_stats): routing statistics and heatmaps of a trace.
 ``mode=place`` (runners.moe_place, the default): profile on one part of a trace, place, evaluate on the rest.
+``mode=replan`` (runners.moe_replan): placement over time: windows, drift, re-placement policies, migration.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from common.config import install_schemas
 from common.experiment import RunContext, RunOutput
 from runners.hydra_entry import CONF_DIR, fail, hydra_cli, run_from_hydra
 
-MODES = {"stats": "runners.moe_stats", "place": "runners.moe_place"}
+MODES = {"stats": "runners.moe_stats", "place": "runners.moe_place", "replan": "runners.moe_replan"}
 install_schemas("moe")  # conf/{trace,topology,eval,placement}/*.yaml start from these schemas
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedgeo.report import fed_comparison_table
+from moe.replan_report import replan_report
 from moe.report import moe_comparison_report
 
 Report = Callable[[list[dict], Path], list[Path]]
@@ -88,6 +89,7 @@ BENCHMARK_MODULES = [
     "benchmarks.ggeur",
     "benchmarks.moetuner_solve",
     "benchmarks.fl",
+    "benchmarks.replan",
 ]
 
 
@@ -119,6 +121,26 @@ STEPS: list[Step] = [
         data_sweeps=[0],
     ),
     *(_placement_step(setting) for setting in ("single_node", "multi_node")),
+    Step(
+        name="moe_replan",
+        runner="runners.moe",
+        sweeps=[["experiment=moe_replan"]],
+        by=["trace.name", "topology.name", "placement.label", "trace.drift", "replan.policy"],
+        metrics=[
+            "layer_time_tail_s",
+            "effective_layer_time_s",
+            "speedup_vs_static",
+            "migrated_experts",
+            "migration_bytes",
+            "migration_s",
+        ],  # fmt: skip
+        timings=["place_time_s", "replan_time_s"],
+        full=["trace.max_tokens=null", "trace.windows=8"],
+        report=replan_report,
+        data=[REAL_TRACE],
+        data_sweeps=[0],
+        offline=["trace=synthetic", "trace.preset=deepseek_v2_lite", "trace.tokens=60000"],
+    ),
     Step(
         name="serve_placements",
         runner="runners.serve",

@@ -15,7 +15,7 @@ from tests.conftest import CONF_DIR
 
 ROOTS = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base")
 # Experiment presets name the root they belong to by their prefix.
-EXPERIMENT_ROOT = {"moetuner": "moe", "ggeur": "fed", "serve": "serve"}
+EXPERIMENT_ROOT = {"moetuner": "moe", "moe": "moe", "ggeur": "fed", "serve": "serve"}
 
 
 def root_groups(root: str) -> list[str]:

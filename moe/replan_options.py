@@ -1,0 +1,63 @@
+"""Options of ``mode=replan`` (config group ``replan``, ``conf/replan/default.yaml``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from common.config import rekey, schema
+from common.errors import ConfigError
+from moe.replan import POLICIES
+
+
+@schema("replan", "default")
+@dataclass(frozen=True)
+class ReplanOptions:
+    """How placements follow the trace over windows (``moe.replan``).
+
+    Attributes:
+        policy: ``static``, ``periodic`` or ``incremental``.
+        move_budget: ``incremental``: at most this many expert copies moved per layer per re-placement;
+            null = unlimited (= ``periodic``), 0 = ``static``.
+        amortize_steps: serving steps one window lasts; a re-placement's ``migration_s`` is spread over them
+            (default 3000: vLLM's EPLB ``step_interval`` default).
+        expert_bytes: bytes of one expert copy's weights; null = ``expert_flops_per_token / 2 x dtype_bytes``.
+        gain_tokens: profile tokens the incremental policy's gain model replays (the first ones).
+    """
+
+    policy: str = "incremental"
+    move_budget: int | None = 4
+    amortize_steps: int = 3000
+    expert_bytes: float | None = None
+    gain_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError("policy", f"expected one of {list(POLICIES)}, got {self.policy!r}")
+        mb = self.move_budget
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 0):
+            raise ConfigError(
+                "move_budget", f"expected an integer >= 0 (copies per layer) or null, got {mb!r}"
+            )
+        for key in ("amortize_steps", "gain_tokens"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(key, f"expected an integer >= 1, got {v!r}")
+        eb = self.expert_bytes
+        if eb is not None and (isinstance(eb, bool) or not isinstance(eb, int | float) or eb <= 0):
+            raise ConfigError("expert_bytes", f"expected a positive number of bytes or null, got {eb!r}")
+
+
+def replan_options(cfg: Mapping[str, Any] | None) -> ReplanOptions:
+    """``ReplanOptions`` from a ``replan`` node (``None``: defaults); errors name ``replan.<key>``."""
+    if cfg is None:
+        return ReplanOptions()
+    kwargs = {k: v for k, v in dict(cfg).items() if k not in ("_target_", "defaults")}
+    unknown = set(kwargs) - {f.name for f in fields(ReplanOptions)}
+    if unknown:
+        raise ConfigError("replan", f"unknown keys {sorted(unknown)}")
+    try:
+        return ReplanOptions(**kwargs)
+    except ConfigError as exc:
+        raise rekey(exc, "replan") from None
