@@ -24,6 +24,9 @@ class ReplanOptions:
             (default 3000: vLLM's EPLB ``step_interval`` default).
         expert_bytes: bytes of one expert copy's weights; null = ``expert_flops_per_token / 2 x dtype_bytes``.
         gain_tokens: profile tokens the incremental policy's gain model replays (the first ones).
+        relabel: renumber the GPUs of every from-scratch placement (one node-preserving permutation, a
+            symmetry of the cluster) to keep the most copies where the previous one has them
+            (``moe.relabel``), so that ``periodic`` moves what changed and not an arbitrary numbering.
     """
 
     policy: str = "incremental"
@@ -31,6 +34,7 @@ class ReplanOptions:
     amortize_steps: int = 3000
     expert_bytes: float | None = None
     gain_tokens: int = 8192
+    relabel: bool = True
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -44,6 +48,8 @@ class ReplanOptions:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(key, f"expected an integer >= 1, got {v!r}")
+        if not isinstance(self.relabel, bool):
+            raise ConfigError("relabel", f"expected true or false, got {self.relabel!r}")
         eb = self.expert_bytes
         if eb is not None and (isinstance(eb, bool) or not isinstance(eb, int | float) or eb <= 0):
             raise ConfigError("expert_bytes", f"expected a positive number of bytes or null, got {eb!r}")

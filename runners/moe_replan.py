@@ -5,6 +5,8 @@ Placement over time: the trace is cut into ``trace.windows`` windows in prompt o
 ``replan.policy`` (``moe.replan``) decides what serves each window ``1..N-1``. Every served window is replayed
 through the cost model; each re-placement's migration (``moe.migration``) is amortised over
 ``replan.amortize_steps`` serving steps. ``static`` (place once) is evaluated in the same run as the baseline.
+With ``replan.relabel`` (default) every target's GPUs are renumbered against the previous target
+(``moe.relabel``: a node-preserving permutation, a symmetry of the cluster) before the policy runs.
 
 Metrics: ``layer_time_tail_s`` (mean over served windows of the modelled MoE-layer tail per step),
 ``effective_layer_time_s`` (plus the amortised migration), ``static_layer_time_tail_s``,
@@ -28,6 +30,7 @@ from moe.cost_model import EvalOptions, eval_options_from_config, evaluate_place
 from moe.migration import expert_weight_bytes, migration
 from moe.placement.base import Placement
 from moe.placement.profiled import ProfiledProblem
+from moe.relabel import relabel_chain
 from moe.replan import incremental_step, plan
 from moe.replan_gain import LayerGain
 from moe.replan_options import ReplanOptions, replan_options
@@ -59,6 +62,8 @@ def run(ctx: RunContext) -> RunOutput:
         t0 = time.perf_counter()
         targets.append(placer.place(problem))
         place_s.append(time.perf_counter() - t0)
+    if opts.relabel:
+        targets = relabel_chain(targets, topology.ranks_per_node)
     served, replan_s = serve_plan(opts, targets, windows, topology, options, expert_bytes)
     ctx.log.info(f"replan {opts.policy} with {placer.table_label}: {len(served)} served windows")
     atomic_write_json(ctx.artifact("placements.json"), {"assignments": [p.assignment for p in served]})
