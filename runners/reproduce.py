@@ -92,6 +92,18 @@ def run_benchmarks(out_root: Path, dry_run: bool = False) -> list[Path]:
     return written
 
 
+def index_entries(out_root: Path, mode: str) -> list[Path]:
+    """Every table and figure under ``out_root/mode`` (relative to ``out_root``), step by step in ``STEPS``
+    order, so that a run of some steps (``--only``) keeps the others' entries."""
+    folder = out_root / mode
+    entries: list[Path] = []
+    for step in STEPS:
+        mine = [folder / f"{step.name}.csv", folder / f"{step.name}.md"]
+        mine += sorted(p for p in (folder / f"{step.name}_vs_paper").glob("*") if p.is_file())
+        entries += [p.relative_to(out_root) for p in mine if p.is_file()]
+    return entries
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runners.reproduce", description=__doc__.splitlines()[0])
     ap.add_argument("mode", nargs="?", default="quick", choices=["quick", "full", "bench"])
@@ -114,9 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only is None or step.name in args.only:
             written += run_step(step, args.mode, out_root, sweep_root, args.dry_run)
     if not args.dry_run:
-        index = "\n".join(
-            f"- {p.relative_to(out_root) if p.is_relative_to(out_root) else p}" for p in written
-        )
+        index = "\n".join(f"- {p}" for p in index_entries(out_root, args.mode))
         atomic_write_text(
             out_root / args.mode / "INDEX.md",
             f"# Tables and figures written by `reproduce {args.mode}`\n\n{index}\n",
