@@ -31,17 +31,34 @@ from moe.engine.routing import LayerRoutes
 
 @dataclass(frozen=True)
 class DeviceRoutes:
-    """``LayerRoutes`` on the compute device, plus ``slots``: S, the most experts a rank holds in the layer."""
+    """``LayerRoutes`` on the compute device, plus ``slots``: S, the most experts a rank holds in the layer,
+    and ``replicated``: some expert has several candidate ranks (else ``choice[:, :, 0]`` is the rank)."""
 
     choice: torch.Tensor
     count: torch.Tensor
     local_slot: torch.Tensor
     slots: int
+    replicated: bool
 
     @classmethod
     def of(cls, routes: LayerRoutes, device: torch.device) -> DeviceRoutes:
         slots = int(routes.local_slot.max()) + 1
-        return cls(routes.choice.to(device), routes.count.to(device), routes.local_slot.to(device), slots)
+        return cls(routes.choice.to(device), routes.count.to(device), routes.local_slot.to(device), slots,
+                   bool((routes.count > 1).any()))  # fmt: skip
+
+    def arange(self, n: int) -> torch.Tensor:
+        """int64 ``[n]`` 0..n-1 on the device (cached per n)."""
+        cache = self.__dict__.setdefault("_arange", {})
+        if n not in cache:
+            cache[n] = torch.arange(n, device=self.choice.device)
+        return cache[n]
+
+    def meta_fill(self, k: int) -> torch.Tensor:
+        """int32 ``[2k]``: slot -1 and weight 0.0 (bits 0), the metadata of a choice that lives elsewhere."""
+        cache = self.__dict__.setdefault("_fill", {})
+        if k not in cache:
+            cache[k] = torch.tensor([-1] * k + [0] * k, dtype=torch.int32, device=self.choice.device)
+        return cache[k]
 
 
 @dataclass
@@ -78,22 +95,27 @@ class HostBuffer:
 
 
 def _plan(
-    ids: torch.Tensor, gtok: torch.Tensor, rank: int, r: DeviceRoutes
+    ids: torch.Tensor, weights: torch.Tensor, gtok: torch.Tensor, rank: int, r: DeviceRoutes
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row order ``[G*n]``, destinations ``[n, k]``, counts ``[G, 1+S]``) on the device, from ``ids [n, k]``."""
+    """On the device, from ``ids [n, k]``: (row order ``[G*n]``: the sent (destination, token) pairs first,
+    per copy int32 ``[n, 3k]`` = destination | slot there | gate weight bits, counts ``[G, 1+S]``)."""
     n, k = ids.shape
     g = r.choice.shape[0]
-    cnt = r.count[rank][ids]
-    dest = r.choice[rank][ids, gtok[:, None] % cnt]  # [n, k]
-    mask = torch.zeros((g, n), dtype=torch.bool, device=ids.device)
-    mask[dest, torch.arange(n, device=ids.device)[:, None].expand(n, k)] = True
-    table = torch.zeros((g, 1 + r.slots), dtype=torch.int64, device=ids.device)
-    table[:, 0] = mask.sum(1)
+    if r.replicated:
+        dest = r.choice[rank][ids, gtok[:, None] % r.count[rank][ids]]  # [n, k]
+    else:
+        dest = r.choice[rank, :, 0][ids]
+    mask = torch.zeros(g * n, dtype=torch.bool, device=ids.device)
+    mask[(dest * n + r.arange(n)[:, None]).reshape(-1)] = True
     slot = r.local_slot[dest, ids]  # [n, k], >= 0: dest holds the expert
-    flat = (dest * (1 + r.slots) + 1 + slot).reshape(-1)
-    table.view(-1).index_add_(0, flat, torch.ones_like(flat))
-    order = torch.argsort((~mask).reshape(-1).to(torch.int8), stable=True)
-    return order, dest, table
+    table = torch.bincount((dest * (1 + r.slots) + 1 + slot).reshape(-1), minlength=g * (1 + r.slots))
+    table = table.view(g, 1 + r.slots)
+    table[:, 0] = mask.view(g, n).sum(1)
+    order = torch.argsort(mask.logical_not().to(torch.int8), stable=True)
+    per_copy = torch.cat(
+        [dest.to(torch.int32), slot.to(torch.int32), weights.to(torch.float32).view(torch.int32)], 1
+    )
+    return order, per_copy, table
 
 
 def layout(
@@ -106,8 +128,8 @@ def layout(
     local_experts: int,
 ) -> Layout:
     """The dispatch layout of ``n`` local tokens (``ids``, ``weights [n, k]``, ``gtok [n]`` on the device)."""
-    n = ids.shape[0]
-    order, dest, table = _plan(ids, gtok, rank, routes)
+    n, k = ids.shape
+    order, per_copy, table = _plan(ids, weights, gtok, rank, routes)
     recv_table = torch.empty_like(table)
     dist.all_to_all_single(recv_table, table)
     both = host.get(2 * table.numel()).view(2, *table.shape)
@@ -115,20 +137,19 @@ def layout(
     both[1].copy_(recv_table, non_blocking=True)
     if table.is_cuda:
         torch.cuda.current_stream().synchronize()
-    send = both[0, :, 0].tolist()
-    m = sum(send)
-    sel = order[:m]
-    d, t = sel // n, sel % n
-    here = d[:, None] == dest[t]  # [m, k]
-    slots = torch.where(here, routes.local_slot[d[:, None], ids[t]], -1).to(torch.int32)
-    w = torch.where(here, weights[t].to(torch.float32), 0.0)
+    sent, got = both.tolist()
+    send = [row[0] for row in sent]
+    sel = order[: sum(send)]
+    t = sel % n
+    c = per_copy[t]  # [m, 3k]
+    here = (c[:, :k] == (sel // n).to(torch.int32)[:, None]).repeat(1, 2)  # [m, 2k]
     return Layout(
         rows=t,
-        meta=torch.cat([slots, w.view(torch.int32)], dim=1),
+        meta=torch.where(here, c[:, k:], routes.meta_fill(k)),
         send=send,
-        recv=both[1, :, 0].tolist(),
-        per_slot=both[1, :, 1 : 1 + local_experts].sum(0).tolist(),
-        sent_counts=both[0, :, 0].clone(),
+        recv=[row[0] for row in got],
+        per_slot=[sum(row[1 + s] for row in got) for s in range(local_experts)],
+        sent_counts=torch.tensor(send, dtype=torch.int64),
     )
 
 
@@ -154,10 +175,11 @@ def received_copies(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row, slot, weight) of the ``copies`` copies a rank received, sorted by slot (stable), on the device.
 
-    ``meta``: int32 ``[m, 2k]``; ``copies``: the total from the count exchange (no ``nonzero`` sync).
+    ``meta``: int32 ``[m, 2k]``; ``copies``: the total from the count exchange (no ``nonzero`` sync): the
+    ``m * k - copies`` choices that live elsewhere (slot -1) sort first and are skipped.
     """
-    s = meta[:, :top_k].reshape(-1).to(torch.int64)
-    key = torch.where(s >= 0, s, slots)
-    order = torch.argsort(key, stable=True)[:copies]
-    w = meta[:, top_k:].contiguous().view(torch.float32).reshape(-1)
-    return order // top_k, key[order], w[order]
+    del slots
+    s = meta[:, :top_k].reshape(-1)
+    order = torch.argsort(s, stable=True)[s.numel() - copies :]
+    w = meta[:, top_k:].reshape(-1).view(torch.float32)
+    return order // top_k, s[order].to(torch.int64), w[order]

@@ -13,6 +13,8 @@ the host (from the count exchange). Kernels, all ``out[row] += w * E_slot(h[row]
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's convention
 
@@ -35,8 +37,12 @@ class StackedExperts:
         self.count = len(experts)
         self.ffn = experts[0].gate.shape[0] if experts else 0
         if experts:
-            self.w13 = torch.stack([torch.cat([e.gate, e.up], 0) for e in experts]).transpose(1, 2)
-            self.w2 = torch.stack([e.down for e in experts]).transpose(1, 2)
+            w13 = torch.stack([torch.cat([e.gate, e.up], 0) for e in experts])  # [S, 2F, H]
+            w2 = torch.stack([e.down for e in experts])  # [S, H, F]
+            f = self.ffn  # the per-expert weights become views of the stacks: no second copy in memory
+            self.experts = [ExpertWeights(w13[s, :f], w13[s, f:], w2[s]) for s in range(self.count)]
+            experts[:] = self.experts
+            self.w13, self.w2 = w13.transpose(1, 2), w2.transpose(1, 2)
         self.kernel = resolve_kernel(self, kernel)
 
     def forward(
@@ -57,9 +63,7 @@ class StackedExperts:
 
 
 def _offsets(per_slot: list[int], device: torch.device) -> torch.Tensor:
-    return (
-        torch.tensor(per_slot, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device, non_blocking=True)
-    )
+    return torch.tensor(list(itertools.accumulate(per_slot)), dtype=torch.int32).to(device, non_blocking=True)
 
 
 def _grouped(x: torch.Tensor, st: StackedExperts, per_slot: list[int]) -> torch.Tensor:
