@@ -23,7 +23,7 @@ from common.records import config_hash, find_complete_record
 from moe.cost_model import eval_options_from_config
 from moe.engine.batches import BatchSource, slots_ranked
 from moe.engine.comm import DistContext, agree, init_distributed, rank_layout
-from moe.engine.compare import engine_topology, model_metrics, model_report
+from moe.engine.compare import calibration_device, engine_topology, model_metrics, model_report
 from moe.engine.measure import Measurement, run_measurement, summarize
 from moe.engine.model import ExpertParallelModel
 from moe.engine.placement_source import check_placement, serve_placement
@@ -63,6 +63,7 @@ class ServeSetup:
     evaluation: Trace
     topology: Topology
     replica_choice: str
+    calibrated_here: bool = False
 
 
 def trace_config(cfg: Mapping[str, Any], spec: MoEModelSpec) -> dict[str, Any]:
@@ -94,7 +95,8 @@ def setup(cfg: Mapping[str, Any], opts: EngineOptions, dctx: DistContext) -> Ser
         torch.finfo(dctx.dtype).bits // 8, spec.expert_flops_per_token,
     )  # fmt: skip
     rule = eval_options_from_config(cfg.get("eval")).replica_choice
-    return ServeSetup(spec, opts, profile, evaluation, topology, rule)
+    here = calibration_device(cfg.get("topology") or {}) == dctx.device_name
+    return ServeSetup(spec, opts, profile, evaluation, topology, rule, here)
 
 
 def broadcast_placement(make: Any, dctx: DistContext) -> Placement:
@@ -131,7 +133,7 @@ def placement_metrics(s: ServeSetup, placement: Placement, meas: Measurement) ->
     """Measured and modelled metrics of one placement (rank 0), plus its per-layer series and cost report."""
     metrics, series = summarize(meas, s.opts.batch_tokens)
     report = model_report(meas.ids, placement, s.topology, s.opts.batch_tokens, s.replica_choice)
-    metrics.update(model_metrics(report, meas.sent, series["layer_time_tail_s"]))
+    metrics.update(model_metrics(report, meas.sent, series["layer_time_tail_s"], s.calibrated_here))
     series["model_layer_time_tail_s"] = report.layer_series()["layer_time_tail_s"]
     if s.opts.check_reference:
         tol = s.opts.tolerance if meas.dtype == torch.float32 else max(s.opts.tolerance, BF16_TOLERANCE)

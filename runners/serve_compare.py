@@ -39,7 +39,7 @@ from runners.serve_body import (
 BASELINE = "contiguous"
 PER_PLACEMENT = ("step_time_s", "tokens_per_s", "a2a_time_tail_s", "layer_time_tail_s", "compute_time_tail_s",
                  "model_layer_time_tail_s", "model_a2a_time_tail_s", "dispatch_matches_cost_model",
-                 "model_layer_time_corr", "max_abs_err_vs_reference")  # fmt: skip
+                 "model_layer_time_corr", "model_corr_points", "max_abs_err_vs_reference")  # fmt: skip
 REDUCED = (
     "layer_time_tail_s",
     "a2a_time_tail_s",

@@ -151,3 +151,36 @@ def test_model_follows_the_real_trace_file() -> None:
     assert (other["model"]["num_experts"], other["model"]["top_k"], other["model"]["hidden_size"],
             other["model"]["ffn_size"], other["model_from"]) == (64, 6, 2048, 1408, "trace")  # fmt: skip
     assert np.isfinite(other["model"]["num_heads"])
+
+
+class _Report:
+    """The two things ``model_metrics`` reads of a cost report, for ``L`` layers."""
+
+    def __init__(self, layers: int) -> None:
+        self.series = list(np.linspace(1.0, 2.0, layers))
+        self.dispatch = np.zeros((layers, 2, 2))
+
+    def summary(self) -> dict[str, float]:
+        return dict.fromkeys(
+            ("layer_time_tail_s", "a2a_time_tail_s", "token_time_tail_s", "balancedness_mean"), 1.0
+        )
+
+    def layer_series(self) -> dict[str, list[float]]:
+        return {"layer_time_tail_s": self.series}
+
+
+def test_model_correlation_needs_a_calibration_here_and_eight_points(tmp_path: Path) -> None:
+    from moe.engine.compare import calibration_device, model_metrics
+
+    sent = np.zeros((8, 2, 2))
+    measured = list(np.linspace(1.0, 2.0, 8) ** 2)
+    m = model_metrics(_Report(8), sent, measured, calibrated_here=True)  # type: ignore[arg-type]
+    assert m["model_corr_points"] == 8 and 0.9 < m["model_layer_time_corr"] <= 1.0
+    for report, meas, here in ((_Report(8), measured, False), (_Report(2), measured[:2], True)):
+        m = model_metrics(report, sent[: len(meas)], meas, calibrated_here=here)  # type: ignore[arg-type]
+        assert m["model_corr_points"] == 0 and np.isnan(m["model_layer_time_corr"])
+    (tmp_path / "compute.yaml").write_text(
+        "compute: {time_per_token_s: 1.0e-6}\ncalibration: {device_name: NVIDIA H100}\n"
+    )
+    assert calibration_device({"compute_file": str(tmp_path / "compute.yaml")}) == "NVIDIA H100"
+    assert calibration_device({}) is None
