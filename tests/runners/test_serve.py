@@ -181,3 +181,17 @@ def test_serve_placements_preset_records_the_comparison(tmp_path: Path) -> None:
     assert any(k.startswith("best_") and k.endswith("_step_time_s") for k in m)
     assert m["contiguous_layer_time_tail_reduction"] == 0.0
     assert (tmp_path / "serve_placements.md").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_runs_its_checks_on_cpu(tmp_path: Path) -> None:
+    env = {**ENV, "SMOKE_DEVICE": "cpu", "SMOKE_OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_smoke.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("PASS", "FAIL"))]
+    names = [ln.split()[1].rstrip(":") for ln in lines]
+    assert names == ["calibrate", "ws1_fp32", "ws1_bf16", "deepseek_v2_lite", "one_device_4ranks_eplb",
+                     "two_batch_overlap"], proc.stdout  # fmt: skip
+    assert all(ln.startswith("PASS") for ln in lines)
+    assert "dtype=bfloat16" in lines[2] and "4 ranks on 1 node(s)" in lines[4]
