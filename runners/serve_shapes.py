@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from moe.synthetic import PRESETS
 from runners.hydra_entry import CONF_DIR
+from runners.moe_inputs import load_trace_from_config
 
 
 def override_keys(overrides: Iterable[str]) -> set[str]:
@@ -58,8 +59,6 @@ def _trace_shape(trace: Mapping[str, Any], seed: int) -> tuple[str, int, int, in
         if s is None:
             return "", 0, 0, 0, {}  # the trace source names the bad preset later
         return s.name, s.num_experts, s.top_k, s.num_layers, {}
-    from runners.moe_inputs import load_trace_from_config
-
     t = load_trace_from_config(trace, seed)
     return str(trace.get("name") or ""), t.num_experts, t.top_k, t.num_layers, dict(trace.get("model") or {})
 

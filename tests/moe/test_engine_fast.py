@@ -13,6 +13,7 @@ import torch
 
 from common.errors import ConfigError, InputError
 from moe.engine.comm import resolve_backend
+from moe.engine.compare import calibration_device, model_metrics
 from moe.engine.dispatch import pack, received_copies, unpack
 from moe.engine.experts import StackedExperts, grouped_mm_works
 from moe.engine.placement_source import load_file
@@ -170,8 +171,6 @@ class _Report:
 
 
 def test_model_correlation_needs_a_calibration_here_and_eight_points(tmp_path: Path) -> None:
-    from moe.engine.compare import calibration_device, model_metrics
-
     sent = np.zeros((8, 2, 2))
     measured = list(np.linspace(1.0, 2.0, 8) ** 2)
     m = model_metrics(_Report(8), sent, measured, calibrated_here=True)  # type: ignore[arg-type]
