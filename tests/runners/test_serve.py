@@ -105,6 +105,7 @@ def _die(cfg: dict, run_dir: str, roots: list[str]) -> None:
     dist.all_reduce(t)
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_is_named(capfd: pytest.CaptureFixture) -> None:
     assert launch_local(_die, 2, {}, ".", []) == 2
     err = capfd.readouterr().err
