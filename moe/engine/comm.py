@@ -103,7 +103,7 @@ def init_distributed(opts: EngineOptions) -> DistContext:
         dist.init_process_group(
             backend=backend,
             timeout=datetime.timedelta(seconds=float(opts.timeout_s)),
-            device_id=device if device.type == "cuda" else None,
+            device_id=device if backend == "nccl" else None,  # gloo with CUDA tensors: no eager NCCL init
         )
     world = dist.get_world_size()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
