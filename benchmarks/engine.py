@@ -1,6 +1,9 @@
-"""Engine throughput: ``python -m benchmarks.engine [--nproc 4] [--iters 10]``.
+"""Engine overhead and throughput: ``python -m benchmarks.engine [--nproc 4] [--iters 10] [--skip-placements]``.
 
-Runs ``runners.serve experiment=serve_placements`` (contiguous, EPLB, MoETuner and the suite's best placement
+First, side by side in one run (``benchmarks.engine_overhead``): the per-layer overhead of the MoE layer
+beyond its all-to-alls and expert compute, for the legacy path (``engine.dispatch=legacy``, the first engine)
+and the fast one, on two routing shapes (Mixtral's 8 experts top-2 and DeepSeek-V2-Lite's 64 experts top-6,
+small widths); ``<shape>_overhead_ratio`` = fast / legacy overhead. Then it ``runners.serve experiment=serve_placements`` (contiguous, EPLB, MoETuner and the suite's best placement
 on 4 gloo ranks on this CPU, tiny sizes) and records per placement the step time, dispatch / combine tails and
 tokens/s. The baseline, measured in the same run: a single-process forward of the same layers on the same
 batch (every expert in one process, no communication); ``overhead_vs_single_process`` = engine step time /
@@ -21,6 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from benchmarks.engine_overhead import overhead_rank
 from benchmarks.timing import best_time
 from common.config import install_schemas
 from common.experiment import RunContext, RunOutput, run_experiment
@@ -32,6 +36,7 @@ from moe.engine.weights import dense_weights
 from runners.hydra_entry import CONF_DIR
 from runners.moe_inputs import load_traces
 from runners.serve_body import model_spec, trace_config
+from runners.serve_launch import launch_local
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "results" / "bench" / "engine"
@@ -71,8 +76,44 @@ def single_process_step_s(cfg: dict, repeats: int) -> float:
     )
 
 
-def body(ctx: RunContext, overrides: list[str], repeats: int) -> RunOutput:
+OVERHEAD_SHAPES = {  # routing shapes at CPU widths: the overhead grows with experts and top-k, not with H
+    "mixtral": {"hidden_size": 64, "ffn_size": 128, "num_experts": 8, "top_k": 2, "num_layers": 2},
+    "deepseek": {"hidden_size": 128, "ffn_size": 128, "num_experts": 64, "top_k": 6, "num_layers": 2},
+}
+
+
+def overhead_metrics(nproc: int, repeats: int, batch_tokens: int = 1024) -> dict[str, float]:
+    """Legacy vs fast per-layer overhead (seconds, summed over layers) for each of ``OVERHEAD_SHAPES``."""
+    out: dict[str, float] = {}
+    print(
+        f"{'shape':10s} {'path':7s} {'layer s':>10s} {'floor s':>10s} {'overhead s':>11s}  (summed over layers)"
+    )
+    for name, dims in OVERHEAD_SHAPES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = {"model": {"name": name, "num_heads": 4, **dims}, "batch_tokens": batch_tokens,
+                   "repeats": repeats, "kernel": "auto"}  # fmt: skip
+            if launch_local(overhead_rank, nproc, cfg, tmp, []) != 0:
+                raise SystemExit("error: the overhead benchmark's ranks failed")
+            res = json.loads((Path(tmp) / "overhead.json").read_text())
+        for p in ("legacy", "fast"):
+            out[f"{name}_{p}_layer_s"] = res[p]
+            out[f"{name}_{p}_overhead_s"] = res[f"{p}_overhead_s"]
+            out[f"{name}_{p}_floor_s"] = res[f"floor_{p}"]
+            print(
+                f"{name:10s} {p:7s} {res[p]:10.5f} {res[f'floor_{p}']:10.5f} {res[f'{p}_overhead_s']:11.5f}"
+            )
+        out[f"{name}_overhead_ratio"] = res["fast_overhead_s"] / res["legacy_overhead_s"]
+        print(
+            f"{name}: fast / legacy overhead = {out[f'{name}_overhead_ratio']:.3f} (kernel {res['kernel']})"
+        )
+    return out
+
+
+def body(ctx: RunContext, overrides: list[str], repeats: int, nproc: int, placements: bool) -> RunOutput:
     log = get_logger("bench")
+    metrics = overhead_metrics(nproc, max(repeats, 5) * 4)
+    if not placements:
+        return RunOutput(metrics=metrics)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "runners.serve", "experiment=serve_placements", "engine.check_reference=false",
                f"hydra.run.dir={tmp}", *overrides]  # fmt: skip
@@ -83,10 +124,8 @@ def body(ctx: RunContext, overrides: list[str], repeats: int) -> RunOutput:
         served = json.loads((Path(tmp) / "result.json").read_text())["metrics"]
     single = single_process_step_s(preset_config(overrides), repeats)
     labels = sorted({k.removesuffix("_step_time_s") for k in served if k.endswith("_step_time_s")})
-    metrics: dict[str, float] = {
-        "single_process_step_s": single,
-        "model_rank_agreement": served["model_rank_agreement"],
-    }
+    metrics["single_process_step_s"] = single
+    metrics["model_rank_agreement"] = served["model_rank_agreement"]
     print(f"{'placement':28s} {'step s':>9s} {'tokens/s':>10s} {'a2a tail s':>11s} {'overhead':>9s}")
     for lb in labels:
         for key in PLACEMENT_KEYS:
@@ -106,11 +145,16 @@ def main(argv: list[str] | None = None) -> None:
         "--repeats", type=int, default=5, help="repeats of the single-process forward (best kept)"
     )
     ap.add_argument("--out", type=Path, default=OUT, help="run folder for result.json")
+    ap.add_argument("--skip-placements", action="store_true", help="only the legacy vs fast overhead")
     args = ap.parse_args(argv)
     limit_threads()
     overrides = [f"engine.nproc={args.nproc}", f"engine.measure_iters={args.iters}"]
-    config = {"benchmark": "engine", "overrides": overrides, "repeats": args.repeats, "seed": 0}
-    run_experiment(config, "serve", lambda ctx: body(ctx, overrides, args.repeats), run_dir=args.out)
+    config = {"benchmark": "engine", "overrides": overrides, "repeats": args.repeats, "seed": 0,
+              "nproc": args.nproc, "placements": not args.skip_placements}  # fmt: skip
+    run_experiment(
+        config, "serve", lambda ctx: body(ctx, overrides, args.repeats, args.nproc, not args.skip_placements),
+        run_dir=args.out,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

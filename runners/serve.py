@@ -24,6 +24,7 @@ from runners.serve_body import MOE_MODEL_TARGET, model_spec, serve_rank
 from runners.serve_calibrate import calibrate_body
 from runners.serve_compare import compare_rank
 from runners.serve_launch import env_rank, launch_local, run_rank, under_torchrun
+from runners.serve_shapes import follow_trace
 
 RANK_FNS = {"serve": serve_rank, "compare": compare_rank}
 MODES = (*RANK_FNS, "calibrate")
@@ -43,8 +44,8 @@ def main(cfg: DictConfig) -> None:
     mode = cfg.get("mode")
     if mode not in MODES:
         fail(f"config key 'mode': expected one of {list(MODES)}, got {mode!r}")
-    plain = to_plain(cfg)
     try:
+        plain = follow_trace(to_plain(cfg), list(HydraConfig.get().overrides.task))
         model_spec(plain)  # refuse a non-MoE model before any rank starts
     except SuiteError as exc:
         fail(str(exc))

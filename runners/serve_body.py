@@ -16,14 +16,14 @@ import torch.distributed as dist
 
 from common.atomic import atomic_savez
 from common.config import build
-from common.errors import ConfigError, InputError
+from common.errors import ConfigError, InputError, SuiteError
 from common.experiment import RunContext, RunOutput, run_experiment
 from common.log import get_logger
 from common.records import config_hash, find_complete_record
 from moe.cost_model import eval_options_from_config
 from moe.engine.batches import BatchSource, slots_ranked
-from moe.engine.comm import DistContext, agree, init_distributed
-from moe.engine.compare import engine_topology, model_metrics, model_report
+from moe.engine.comm import DistContext, agree, init_distributed, rank_layout
+from moe.engine.compare import calibration_device, engine_topology, model_metrics, model_report
 from moe.engine.measure import Measurement, run_measurement, summarize
 from moe.engine.model import ExpertParallelModel
 from moe.engine.placement_source import check_placement, serve_placement
@@ -32,6 +32,11 @@ from moe.placement.base import Placement
 from moe.topology import Topology
 from moe.trace import Trace
 from runners.moe_inputs import load_traces
+
+
+class ReferenceMismatch(SuiteError):
+    """The engine's output is not the reference's: the run fails (status failed, exit 2, one line)."""
+
 
 BF16_TOLERANCE = 3e-2  # relative: bf16 keeps 8 bits of mantissa and the engine sums partials in another order
 MOE_MODEL_TARGET = f"{MoEModelSpec.__module__}.{MoEModelSpec.__qualname__}"
@@ -58,16 +63,13 @@ class ServeSetup:
     evaluation: Trace
     topology: Topology
     replica_choice: str
+    calibrated_here: bool = False
 
 
 def trace_config(cfg: Mapping[str, Any], spec: MoEModelSpec) -> dict[str, Any]:
-    """The trace node; a synthetic trace without its own shape takes the model's (E, k, layers)."""
-    node = dict(cfg.get("trace") or {})
-    if node.get("kind") == "synthetic" and all(
-        node.get(k) is None for k in ("num_experts", "top_k", "num_layers")
-    ):
-        node.update(num_experts=spec.num_experts, top_k=spec.top_k, num_layers=spec.num_layers)
-    return node
+    """The trace node (``runners.serve_shapes.follow_trace`` has already made it agree with the model)."""
+    del spec
+    return dict(cfg.get("trace") or {})
 
 
 def check_trace(trace: Trace, spec: MoEModelSpec, routing: str) -> None:
@@ -93,7 +95,8 @@ def setup(cfg: Mapping[str, Any], opts: EngineOptions, dctx: DistContext) -> Ser
         torch.finfo(dctx.dtype).bits // 8, spec.expert_flops_per_token,
     )  # fmt: skip
     rule = eval_options_from_config(cfg.get("eval")).replica_choice
-    return ServeSetup(spec, opts, profile, evaluation, topology, rule)
+    here = calibration_device(cfg.get("topology") or {}) == dctx.device_name
+    return ServeSetup(spec, opts, profile, evaluation, topology, rule, here)
 
 
 def broadcast_placement(make: Any, dctx: DistContext) -> Placement:
@@ -108,7 +111,7 @@ def measure_placement(s: ServeSetup, placement: Placement, dctx: DistContext, se
     agree(lambda: check_placement(placement, s.spec, dctx.world_size, s.opts.require_experts_on_every_rank))
     model = ExpertParallelModel(
         s.spec, placement, dctx.rank, seed, dctx.device, dctx.dtype, s.opts.seq_len, s.replica_choice,
-        s.topology.node_of(),
+        s.topology.node_of(), s.opts.dispatch, s.opts.experts, s.opts.overlap,
     )  # fmt: skip
     layers = s.spec.num_layers
     ev = s.evaluation
@@ -118,24 +121,30 @@ def measure_placement(s: ServeSetup, placement: Placement, dctx: DistContext, se
         weights=None if ev.weights is None else ev.weights[:, :layers],
         ranked=slots_ranked(ev), renormalize=s.spec.renormalize,
     )  # fmt: skip
-    return run_measurement(
+    meas = run_measurement(
         model, source, dctx, s.opts.warmup_iters, s.opts.measure_iters, s.opts.phase_barriers,
         s.opts.check_reference, seed,
     )  # fmt: skip
+    meas.kernel = model.kernel
+    return meas
 
 
 def placement_metrics(s: ServeSetup, placement: Placement, meas: Measurement) -> tuple[dict, dict, Any]:
     """Measured and modelled metrics of one placement (rank 0), plus its per-layer series and cost report."""
     metrics, series = summarize(meas, s.opts.batch_tokens)
     report = model_report(meas.ids, placement, s.topology, s.opts.batch_tokens, s.replica_choice)
-    metrics.update(model_metrics(report, meas.sent, series["layer_time_tail_s"]))
+    metrics.update(model_metrics(report, meas.sent, series["layer_time_tail_s"], s.calibrated_here))
     series["model_layer_time_tail_s"] = report.layer_series()["layer_time_tail_s"]
     if s.opts.check_reference:
         tol = s.opts.tolerance if meas.dtype == torch.float32 else max(s.opts.tolerance, BF16_TOLERANCE)
         ok = meas.max_abs_err <= tol * max(meas.ref_max_abs, 1.0)
         metrics["reference_ok"] = float(ok)
         if not ok:
-            get_logger("serve").error(f"engine output differs from the reference by {meas.max_abs_err:.3g}")
+            raise ReferenceMismatch(
+                f"placement '{placement.name}': engine output differs from the single-process reference by "
+                f"{meas.max_abs_err:.3g} (allowed {tol:.3g} x max(|ref|={meas.ref_max_abs:.3g}, 1), "
+                "engine.tolerance); no record written"
+            )
     return metrics, series, report
 
 
@@ -145,6 +154,15 @@ def runtime_info(dctx: DistContext) -> dict[str, Any]:
     dist.all_gather_object(names, dctx.device_name)
     return {"world_size": dctx.world_size, "num_nodes": dctx.num_nodes, "backend": dctx.backend,
             "device": dctx.device.type, "dtype": str(dctx.dtype).removeprefix("torch."), "device_names": names}  # fmt: skip
+
+
+def run_labels(cfg: Mapping[str, Any], dctx: DistContext, opts: EngineOptions, kernel: str) -> dict[str, str]:
+    """What ran, as the record's labels: device, dtype, backend, rank layout, engine path and model source."""
+    return {"device": dctx.device_name, "device_type": dctx.device.type,
+            "dtype": str(dctx.dtype).removeprefix("torch."), "backend": dctx.backend,
+            "rank_layout": rank_layout(dctx), "dispatch": opts.dispatch, "expert_kernel": kernel,
+            "overlap": opts.overlap, "phase_barriers": str(opts.phase_barriers).lower(),
+            "model": str((cfg.get("model") or {}).get("name")), "model_from": str(cfg.get("model_from", "named"))}  # fmt: skip
 
 
 def serve_one(
@@ -172,7 +190,8 @@ def serve_one(
     ctx.logger.event(
         "engine", placement=placement.name, **{k: metrics[k] for k in ("step_time_s", "tokens_per_s")}
     )
-    return RunOutput(metrics=metrics, series=series, series_step={k: "layer" for k in series})
+    return RunOutput(metrics=metrics, series=series, series_step={k: "layer" for k in series},
+                     labels=run_labels(cfg, dctx, opts, meas.kernel))  # fmt: skip
 
 
 def run_ranked(cfg: dict[str, Any], run_dir: str, roots: list[str], body: Any) -> None:

@@ -31,6 +31,7 @@ from runners.serve_body import (
     broadcast_placement,
     measure_placement,
     placement_metrics,
+    run_labels,
     run_ranked,
     setup,
 )
@@ -38,7 +39,7 @@ from runners.serve_body import (
 BASELINE = "contiguous"
 PER_PLACEMENT = ("step_time_s", "tokens_per_s", "a2a_time_tail_s", "layer_time_tail_s", "compute_time_tail_s",
                  "model_layer_time_tail_s", "model_a2a_time_tail_s", "dispatch_matches_cost_model",
-                 "model_layer_time_corr", "max_abs_err_vs_reference")  # fmt: skip
+                 "model_layer_time_corr", "model_corr_points", "max_abs_err_vs_reference")  # fmt: skip
 REDUCED = (
     "layer_time_tail_s",
     "a2a_time_tail_s",
@@ -141,10 +142,12 @@ def compare_one(
     if comp.get("candidates"):
         makers.append(lambda: pick_best(s, comp["candidates"], cfg))
     per: dict[str, dict[str, float]] = {}
+    kernel = ""
     series: dict[str, list[float]] = {}
     for make in makers:
         placement = broadcast_placement(make, dctx)
         meas = measure_placement(s, placement, dctx, seed)
+        kernel = meas.kernel
         if ctx is not None:
             m, ser, _ = placement_metrics(s, placement, meas)
             per[placement.name] = m
@@ -157,7 +160,8 @@ def compare_one(
     agg = aggregate(per, str((cfg.get("topology") or {}).get("name", "")))
     agg["world_size"] = float(dctx.world_size)
     atomic_write_text(ctx.artifact("serve_placements.md"), table(per, agg))
-    return RunOutput(metrics=agg, series=series, series_step={k: "layer" for k in series})
+    return RunOutput(metrics=agg, series=series, series_step={k: "layer" for k in series},
+                     labels=run_labels(cfg, dctx, opts, kernel))  # fmt: skip
 
 
 def _named(p: Placement, label: str) -> Placement:

@@ -9,6 +9,7 @@ killed. ``run_rank`` runs one rank and turns any failure into one line on rank 0
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
@@ -25,6 +26,8 @@ from common.threads import limit_threads
 from moe.engine.comm import failure_message, is_collective_failure, report_failure
 
 GRACE_S = 10.0
+SPAWNED = "MOE_ENGINE_SPAWNED"  # set in ranks that launch_local spawned
+PEER_GONE = 3  # rank 0's status when a peer vanished without writing its error
 RankFn = Callable[[dict[str, Any], str, list[str]], None]
 
 
@@ -52,6 +55,9 @@ def _exit_failed(rank: int, exc: BaseException) -> None:
     own = _describe(exc)
     if rank == 0:
         peer = failure_message() if is_collective_failure(exc) else None
+        if peer is None and is_collective_failure(exc) and os.environ.get(SPAWNED) == "1":
+            sys.stdout.flush()
+            os._exit(PEER_GONE)  # a peer died without a word: the spawner names it (launch_local)
         line = peer or (own if isinstance(exc, SuiteError) else f"rank 0: {own}")
         print(f"error: {line}", file=sys.stderr, flush=True)
     elif isinstance(exc, SuiteError) or is_collective_failure(exc):
@@ -78,7 +84,7 @@ def run_rank(fn: RankFn, cfg: dict[str, Any], run_dir: str, roots: list[str]) ->
 def _child(rank: int, world: int, port: int, fn: RankFn, cfg: dict, run_dir: str, roots: list[str]) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), **{SPAWNED: "1"},
     )  # fmt: skip
     run_rank(fn, cfg, run_dir, roots)
 
@@ -99,11 +105,30 @@ def launch_local(fn: RankFn, nproc: int, cfg: dict[str, Any], run_dir: str, root
     deadline = time.monotonic() + (GRACE_S if failed else float("inf"))
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()) if failed else None)
+    own = [p.exitcode for p in procs]  # before the kills below: None = still running
     for p in procs:
         if p.is_alive():
             p.kill()
             p.join()
     codes = [p.exitcode for p in procs]
-    if any(c != 0 for c in codes) and codes[0] not in (0, 2):
-        print(f"error: ranks exited with status {codes}", file=sys.stderr, flush=True)
+    line = dead_rank_line(own)
+    if line:
+        print(line, file=sys.stderr, flush=True)
     return 0 if all(c == 0 for c in codes) else 2
+
+
+def dead_rank_line(codes: list[int | None]) -> str | None:
+    """The error line naming the first rank that died (a signal, or a status the ranks never use), if any.
+
+    Statuses 0 and 2 are the ranks' own (success, and failure after rank 0 printed the run's line); rank 0
+    exits ``PEER_GONE`` when a peer vanished without writing its error.
+    """
+    for r, c in enumerate(codes):
+        if c is not None and c < 0:
+            name = signal.Signals(-c).name if -c in signal.Signals.__members__.values() else str(-c)
+            return f"error: rank {r} died (killed by signal {name}); the other ranks stopped"
+        if c not in (0, 2, PEER_GONE):
+            return f"error: rank {r} died (exit status {c}); the other ranks stopped"
+    if codes and codes[0] == PEER_GONE:
+        return f"error: a rank stopped without reporting an error (exit statuses {codes})"
+    return None

@@ -47,8 +47,15 @@ class DistContext:
         return "cpu"
 
 
-def resolve_backend(opts: EngineOptions, cuda: bool) -> tuple[str, torch.device, torch.dtype]:
-    """(backend, device, dtype) from the options and whether CUDA is present; ``ConfigError`` when impossible."""
+def resolve_backend(
+    opts: EngineOptions, cuda: bool, gpus: int | None = None, local_world: int = 1
+) -> tuple[str, torch.device, torch.dtype]:
+    """(backend, device, dtype) from the options, whether CUDA is present, the GPUs per node (``gpus``) and
+    the ranks per node (``local_world``); ``ConfigError`` when impossible.
+
+    With gloo on CUDA, local rank r uses GPU ``r % gpus``: several ranks may share one GPU (the one-GPU
+    multi-rank mode, CUDA tensors over gloo). NCCL needs one GPU per rank and is refused in one line otherwise.
+    """
     want_cuda = opts.device == "cuda" or (opts.device == "auto" and cuda and opts.backend != "gloo")
     if want_cuda and not cuda:
         raise ConfigError("engine.device", "cuda was asked for but no CUDA GPU is available here")
@@ -58,8 +65,15 @@ def resolve_backend(opts: EngineOptions, cuda: bool) -> tuple[str, torch.device,
             "engine.backend",
             "nccl needs CUDA GPUs (engine.device=cuda); none is used here: use engine.backend=gloo",
         )
+    gpus = gpus if gpus is not None else (torch.cuda.device_count() if cuda else 0)
+    if backend == "nccl" and local_world > gpus:
+        raise ConfigError(
+            "engine.backend",
+            f"nccl needs one GPU per rank: {local_world} ranks per node, {gpus} GPU(s); for several ranks on "
+            "one GPU use engine.backend=gloo engine.device=cuda (the one-GPU multi-rank mode)",
+        )
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local) if want_cuda else torch.device("cpu")
+    device = torch.device("cuda", local % max(gpus, 1)) if want_cuda else torch.device("cpu")
     if opts.dtype == "auto":
         dtype = torch.bfloat16 if want_cuda else torch.float32
     else:
@@ -67,16 +81,29 @@ def resolve_backend(opts: EngineOptions, cuda: bool) -> tuple[str, torch.device,
     return backend, device, dtype
 
 
+def rank_layout(dctx: DistContext) -> str:
+    """The record's ``rank_layout`` label: ranks, nodes and how they map to devices."""
+    per_node = dctx.world_size // max(dctx.num_nodes, 1)
+    head = f"{dctx.world_size} ranks on {dctx.num_nodes} node(s)"
+    if dctx.device.type != "cuda":
+        return f"{head}, {per_node} CPU processes per node ({dctx.backend})"
+    gpus = torch.cuda.device_count()
+    if per_node > gpus:
+        return f"{head}, {per_node} ranks sharing {gpus} GPU(s) per node ({dctx.backend}, one-GPU multi-rank mode)"
+    return f"{head}, one GPU per rank ({dctx.backend})"
+
+
 def init_distributed(opts: EngineOptions) -> DistContext:
     """Join the process group described by the environment (torchrun's, or the spawner's), with a timeout."""
-    backend, device, dtype = resolve_backend(opts, torch.cuda.is_available())
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    backend, device, dtype = resolve_backend(opts, torch.cuda.is_available(), local_world=local_world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,
             timeout=datetime.timedelta(seconds=float(opts.timeout_s)),
-            device_id=device if device.type == "cuda" else None,
+            device_id=device if backend == "nccl" else None,  # gloo with CUDA tensors: no eager NCCL init
         )
     world = dist.get_world_size()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -113,9 +140,10 @@ class PhaseClock:
     ranks together and a slow rank's phase is not charged to the others.
     """
 
-    def __init__(self, device: torch.device, barriers: bool) -> None:
+    def __init__(self, device: torch.device, barriers: bool, enabled: bool = True) -> None:
         self.cuda = device.type == "cuda"
         self.barriers = barriers
+        self.enabled = enabled
         self._open: list[tuple[object, object]] = []
 
     def sync(self) -> None:
@@ -125,6 +153,8 @@ class PhaseClock:
             dist.barrier()
 
     def start(self) -> object:
+        if not self.enabled:  # a step timed as a whole: no phase clock, no sync, no barrier
+            return None
         self.sync()
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
@@ -133,7 +163,9 @@ class PhaseClock:
         return time.perf_counter()
 
     def stop(self, handle: object) -> int:
-        """Close the phase opened by ``handle``; returns its index for ``seconds``."""
+        """Close the phase opened by ``handle``; returns its index for ``seconds`` (-1 when disabled)."""
+        if not self.enabled:
+            return -1
         if self.cuda:
             end = torch.cuda.Event(enable_timing=True)
             end.record()

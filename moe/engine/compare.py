@@ -8,9 +8,11 @@ rows the engine sent (``dispatch_matches``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from moe.cost_model import CostReport, EvalOptions, evaluate_placement
 from moe.placement.base import Placement
@@ -84,17 +86,42 @@ def rank_agreement(measured: Sequence[float], modelled: Sequence[float]) -> floa
     return float((np.sign(x[i] - x[j]) == np.sign(y[i] - y[j])).mean())
 
 
+MIN_CORR_POINTS = 8  # a correlation over fewer points is not reported (two layers give +-1 by construction)
+
+
+def calibration_device(topology_cfg: Mapping[str, Any]) -> str | None:
+    """The ``device_name`` of the ``mode=calibrate`` file the topology loads (``compute_file``), if any."""
+    path = topology_cfg.get("compute_file")
+    if not path:
+        return None
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(Path(path).expanduser()))
+    except Exception:  # noqa: BLE001 - an unreadable file: the topology loader names it
+        return None
+    cal = raw.get("calibration") if isinstance(raw, dict) else None
+    return str(cal.get("device_name")) if isinstance(cal, dict) and cal.get("device_name") else None
+
+
 def model_metrics(
-    report: CostReport, sent: np.ndarray, measured_layer_s: Sequence[float]
+    report: CostReport, sent: np.ndarray, measured_layer_s: Sequence[float], calibrated_here: bool = False
 ) -> dict[str, float]:
-    """``model_*`` metrics of a run: the cost model's times, the dispatch check, the per-layer correlation."""
+    """``model_*`` metrics of a run: the cost model's times, the dispatch check, the per-layer correlation.
+
+    ``model_layer_time_corr`` (Pearson, per layer) is reported only when the cost model's compute term was
+    fitted on this run's device (``calibrated_here``: ``mode=calibrate`` there, loaded by
+    ``topology.compute_file``) and over at least ``MIN_CORR_POINTS`` layers; otherwise it is ``nan``.
+    ``model_corr_points`` is the number of points it used (0 when not reported).
+    """
     s = report.summary()
     model_layers = report.layer_series()["layer_time_tail_s"]
+    points = len(measured_layer_s)
+    ok = calibrated_here and points >= MIN_CORR_POINTS
     return {
         "model_layer_time_tail_s": s["layer_time_tail_s"],
         "model_a2a_time_tail_s": s["a2a_time_tail_s"],
         "model_token_time_tail_s": s["token_time_tail_s"],
         "model_balancedness_mean": s["balancedness_mean"],
         "dispatch_matches_cost_model": float(dispatch_matches(sent, report)),
-        "model_layer_time_corr": pearson(measured_layer_s, model_layers),
+        "model_layer_time_corr": pearson(measured_layer_s, model_layers) if ok else float("nan"),
+        "model_corr_points": float(points if ok else 0),
     }

@@ -7,6 +7,7 @@ mean over ranks, summed over layers and averaged over iterations, like the cost 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,22 +27,27 @@ class Measurement:
 
     Attributes:
         phase_s: float64 ``[G, I, L, 3]`` seconds of dispatch, compute, combine.
-        step_s: float64 ``[G, I]`` seconds of each forward.
+        step_s: float64 ``[G, I]`` seconds of each forward with the phase clocks (and their barriers).
+        free_step_s: float64 ``[G, I]`` seconds of each forward again, with no phase clock and no barrier
+            inside it (one barrier before each step, outside the clock): the step time a server would see.
         sent: int64 ``[L, G, G]`` token rows sent from rank a (row) to rank b over the first ``D`` measured
             iterations (``D`` = distinct batches; the diagonal stays local).
         ids: int64 ``[D * n, L, k]`` the expert choices of those batches, rows in token order.
         max_abs_err: largest ``|engine - reference|`` over measured batches (``nan`` without the check).
         ref_max_abs: largest ``|reference|`` (for a relative error).
         dtype: the compute dtype.
+        kernel: the expert kernel that ran (set by the caller).
     """
 
     phase_s: np.ndarray
     step_s: np.ndarray
+    free_step_s: np.ndarray
     sent: np.ndarray
     ids: np.ndarray
     max_abs_err: float
     ref_max_abs: float
     dtype: torch.dtype = torch.float32
+    kernel: str = ""
 
 
 def _gather(t: torch.Tensor, dctx: DistContext) -> torch.Tensor:
@@ -56,6 +62,30 @@ def _max(value: float, dctx: DistContext) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=dctx.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def free_steps(model: ExpertParallelModel, source: BatchSource, dctx: DistContext, iters: int) -> np.ndarray:
+    """Seconds of ``iters`` forwards (batch i) timed whole: no phase clocks or barriers inside a step."""
+    off = PhaseClock(dctx.device, barriers=False, enabled=False)
+    cuda = dctx.device.type == "cuda"
+    out = np.zeros(iters)
+    for i in range(iters):
+        batch = source.batch(i, dctx.rank)
+        if cuda:
+            torch.cuda.synchronize()
+        dist.barrier()
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model.forward(batch, off)
+            end.record()
+            end.synchronize()
+            out[i] = start.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            model.forward(batch, off)
+            out[i] = time.perf_counter() - t0
+    return out
 
 
 def run_measurement(
@@ -101,11 +131,13 @@ def run_measurement(
             e = float((res.out.float() - ref.float()).abs().max())
             err = e if np.isnan(err) else max(err, e)
             scale = max(scale, float(ref.float().abs().max()))
-    all_ids = _gather(torch.stack(ids), dctx)  # [G, D, n/G, L, k]
+    free = free_steps(model, source, dctx, iters)
+    all_ids = _gather(torch.stack(ids).cpu(), dctx)  # [G, D, n/G, L, k]
     all_ids = all_ids.permute(1, 0, 2, 3, 4).reshape(-1, *all_ids.shape[3:])
     return Measurement(
         phase_s=_gather(torch.from_numpy(phase), dctx).numpy(),
         step_s=_gather(torch.from_numpy(step), dctx).numpy(),
+        free_step_s=_gather(torch.from_numpy(free), dctx).numpy(),
         sent=_gather(torch.from_numpy(sent), dctx).numpy().transpose(1, 0, 2),
         ids=all_ids.numpy(),
         max_abs_err=_max(err, dctx) if check_reference else float("nan"),
@@ -118,10 +150,12 @@ def summarize(meas: Measurement, batch_tokens: int) -> tuple[dict[str, float], d
     """Metrics and per-layer series of a measurement (seconds; tail = slowest rank, mean = over ranks)."""
     tail = meas.phase_s.max(axis=0)  # [I, L, 3]
     mean = meas.phase_s.mean(axis=0)
-    step_tail = meas.step_s.max(axis=0)  # [I]
+    step_tail = meas.free_step_s.max(axis=0)  # [I]
+    phased = meas.step_s.max(axis=0)
     out: dict[str, float] = {
         "step_time_s": float(step_tail.mean()),
         "step_time_p50_s": float(np.percentile(step_tail, 50)),
+        "step_time_phased_s": float(phased.mean()),
         "tokens_per_s": float(batch_tokens / step_tail.mean()),
         "measured_iterations": float(step_tail.size),
         "batch_tokens": float(batch_tokens),

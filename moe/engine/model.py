@@ -14,8 +14,17 @@ import numpy as np
 import torch
 
 from moe.engine.comm import PhaseClock
+from moe.engine.dispatch import DeviceRoutes, HostBuffer
+from moe.engine.experts import StackedExperts
 from moe.engine.layers import attention, rms_norm, route, shared_experts, swiglu
-from moe.engine.moe_layer import ep_moe
+from moe.engine.moe_layer import (
+    LayerRuntime,
+    SideStream,
+    ep_moe,
+    ep_moe_legacy,
+    ep_moe_split,
+    ep_moe_two_batch,
+)
 from moe.engine.routing import layer_routes
 from moe.engine.spec import MoEModelSpec
 from moe.engine.weights import DenseWeights, ExpertWeights, dense_weights, expert_weights
@@ -48,7 +57,8 @@ def run_blocks(
     routing: list[tuple[torch.Tensor, torch.Tensor]] | None,
     moe: MoEFn,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """All blocks on ``x [n, H]``; returns the output ``[n, H]`` and the ids ``[n, k]`` each layer used."""
+    """All blocks on ``x [n, H]``; returns the output ``[n, H]`` and the ids ``[n, k]`` each layer used (on
+    the device the routing is on: no host round trip per layer)."""
     used = []
     for li, w in enumerate(dense):
         h = x + attention(rms_norm(x, w.attn_norm, spec.rms_eps), w, spec.num_heads, seq_len)
@@ -57,7 +67,6 @@ def run_blocks(
             ids, gw = route(hn, w.router, spec.top_k, spec.renormalize)
         else:
             ids, gw = routing[li]
-        ids, gw = ids.cpu(), gw.cpu()
         used.append(ids)
         x = h + moe(li, hn, ids, gw) + shared_experts(hn, w.shared)
     return x, used
@@ -87,9 +96,13 @@ class ExpertParallelModel:
         seq_len: int,
         replica_choice: str,
         node_of: np.ndarray,
+        path: str = "fast",
+        kernel: str = "auto",
+        overlap: str = "none",
     ) -> None:
         self.spec, self.rank, self.seq_len = spec, rank, seq_len
         self.device, self.dtype = device, dtype
+        self.path, self.overlap = path, overlap
         layers = range(spec.num_layers)
         self.dense = [dense_weights(seed, li, spec).to(device, dtype) for li in layers]
         self.experts: list[list[ExpertWeights]] = [
@@ -100,16 +113,40 @@ class ExpertParallelModel:
             for li in layers
         ]
         self.routes = layer_routes(placement, node_of, replica_choice)
+        self.runtime = [
+            LayerRuntime(
+                DeviceRoutes.of(r, device), StackedExperts(ex, kernel), HostBuffer(device), spec.top_k
+            )
+            for r, ex in zip(self.routes, self.experts, strict=True)
+        ]
+        self.side = SideStream(device) if overlap == "two_batch" else None
+
+    @property
+    def kernel(self) -> str:
+        """The expert kernel in use (``loop`` on the legacy path; the fast path's may differ per layer)."""
+        if self.path == "legacy":
+            return "loop"
+        return ",".join(sorted({rt.experts.kernel for rt in self.runtime if rt.experts.count})) or "none"
+
+    def _layer(self, li: int, hn: torch.Tensor, ids: torch.Tensor, gw: torch.Tensor, gtok: torch.Tensor,
+               clock: PhaseClock) -> tuple[torch.Tensor, tuple[int, int, int], torch.Tensor]:  # fmt: skip
+        if self.path == "legacy":
+            return ep_moe_legacy(hn, ids, gw, gtok, self.rank, self.routes[li], self.experts[li], clock)
+        if self.overlap == "split":
+            return ep_moe_split(hn, ids, gw, gtok, self.rank, self.runtime[li], clock)
+        if self.side is not None:
+            return ep_moe_two_batch(hn, ids, gw, gtok, self.rank, self.runtime[li], clock, self.side)
+        return ep_moe(hn, ids, gw, gtok, self.rank, self.runtime[li], clock)
 
     @torch.no_grad()
     def forward(self, batch: Batch, clock: PhaseClock) -> ForwardResult:
         phases: list[tuple[int, int, int]] = []
         sent: list[torch.Tensor] = []
 
+        gtok = batch.gtok.to(self.device)
+
         def moe(li: int, hn: torch.Tensor, ids: torch.Tensor, gw: torch.Tensor) -> torch.Tensor:
-            out, ph, rows = ep_moe(
-                hn, ids, gw, batch.gtok, self.rank, self.routes[li], self.experts[li], clock
-            )
+            out, ph, rows = self._layer(li, hn, ids, gw, gtok, clock)
             phases.append(ph)
             sent.append(rows)
             return out
@@ -122,7 +159,7 @@ class ExpertParallelModel:
 def _on(routing: list[tuple[torch.Tensor, torch.Tensor]] | None, device: torch.device):  # noqa: ANN202
     if routing is None:
         return None
-    return [(ids, w.to(device)) for ids, w in routing]
+    return [(ids.to(device), w.to(device)) for ids, w in routing]
 
 
 @torch.no_grad()

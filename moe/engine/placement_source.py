@@ -7,8 +7,11 @@ differs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from common.errors import ConfigError, InputError
 from moe.cost_model import EvalOptions
@@ -47,11 +50,34 @@ def make_placement(
 
 
 def load_file(path: str) -> Placement:
-    """A ``placement.json`` written by ``runners.moe``; errors name the file."""
+    """A ``placement.json`` written by ``runners.moe``; errors name the file.
+
+    A ``physical_to_logical_map`` (the serving engines' view) that contradicts ``assignment`` is refused.
+    """
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError("placement_file", f"placement file not found: {path}")
-    return Placement.load(p)
+    placement = Placement.load(p)
+    raw = json.loads(p.read_text(encoding="utf-8"))
+    if raw.get("physical_to_logical_map") is not None:
+        check_map(placement, raw["physical_to_logical_map"], str(p))
+    return placement
+
+
+def check_map(placement: Placement, p2l: Any, where: str) -> None:
+    """Raise ``InputError`` when ``p2l [L, G*S]`` does not hold, per layer and rank, the assignment's experts."""
+    arr = np.asarray(p2l)
+    mapped = Placement.from_physical_to_logical(arr, placement.num_gpus, placement.num_experts)
+    if mapped.num_layers != placement.num_layers:
+        raise InputError(f"{where}: physical_to_logical_map has {mapped.num_layers} layers, assignment has "
+                         f"{placement.num_layers}")  # fmt: skip
+    for li, (a, b) in enumerate(zip(placement.assignment, mapped.assignment, strict=True)):
+        for g, (x, y) in enumerate(zip(a, b, strict=True)):
+            if sorted(x) != sorted(y):
+                raise InputError(
+                    f"{where}: physical_to_logical_map contradicts assignment in layer {li}, rank {g}: map "
+                    f"holds experts {sorted(y)}, assignment {sorted(x)}"
+                )
 
 
 def serve_placement(

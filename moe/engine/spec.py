@@ -14,6 +14,9 @@ BACKENDS = ("auto", "gloo", "nccl")
 ROUTINGS = ("router", "trace")
 DTYPES = ("auto", "float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
+DISPATCHES = ("fast", "legacy")
+KERNELS = ("auto", "grouped_mm", "bmm", "loop")
+OVERLAPS = ("none", "two_batch", "split")
 
 
 def _positive(key: str, value: object) -> None:
@@ -107,6 +110,12 @@ class EngineOptions:
         seq_len: tokens per attention sequence; each rank holds whole sequences.
         phase_barriers: a barrier before every phase, so each phase's clock starts on all ranks together.
         require_experts_on_every_rank: refuse a placement that leaves a rank without experts in a layer.
+        dispatch: ``fast`` (layout on the device, one count exchange, packed rows and metadata, grouped GEMM)
+            or ``legacy`` (the first engine's path: the benchmark's baseline).
+        experts: the fast path's expert kernel: ``auto`` (``grouped_mm`` where it runs, else ``bmm``),
+            ``grouped_mm``, ``bmm`` (padded batched matmul) or ``loop`` (one SwiGLU per expert: the reference).
+        overlap: ``none``, ``two_batch`` (two halves, one's exchanges during the other's expert compute) or
+            ``split`` (the same halves one after the other: ``two_batch``'s no-overlap reference).
     """
 
     backend: str = "auto"
@@ -123,9 +132,19 @@ class EngineOptions:
     seq_len: int = 64
     phase_barriers: bool = True
     require_experts_on_every_rank: bool = True
+    dispatch: str = "fast"
+    experts: str = "auto"
+    overlap: str = "none"
 
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
+        _choice("dispatch", self.dispatch, DISPATCHES)
+        _choice("experts", self.experts, KERNELS)
+        _choice("overlap", self.overlap, OVERLAPS)
+        if self.overlap != "none" and self.dispatch == "legacy":
+            raise ConfigError(
+                "overlap", "two_batch needs engine.dispatch=fast (the legacy path has no overlap)"
+            )
         _choice("device", self.device, DEVICES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("routing", self.routing, ROUTINGS)

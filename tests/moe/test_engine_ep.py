@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from moe.cost_model import EvalOptions, evaluate_placement
 from moe.engine.batches import BatchSource
-from moe.engine.comm import init_distributed
+from moe.engine.comm import PhaseClock, init_distributed
 from moe.engine.measure import run_measurement
 from moe.engine.model import ExpertParallelModel
 from moe.engine.spec import EngineOptions, MoEModelSpec
@@ -44,14 +45,18 @@ def _trace() -> np.ndarray:
     return generate_trace(shape, 2 * BATCH, skew=1.0, seed=3).experts
 
 
-def _ranks(rank: int, world: int, rule: str) -> list[tuple[str, float, float, np.ndarray, np.ndarray]]:
+def _ranks(
+    rank: int, world: int, rule: str, path: str = "fast", overlap: str = "none"
+) -> list[tuple[str, float, float, np.ndarray, np.ndarray]]:
     """Each routing x placement of ``PLACEMENTS[world]``: (routing, max abs err, max |ref|, sent, ids)."""
     dctx = init_distributed(EngineOptions(backend="gloo", device="cpu", timeout_s=30))
     node_of = np.arange(world) // 2  # two ranks per node: 'local' replica choice differs from 'even'
     out = []
     for routing, assignment in [(r, a) for r in ("trace", "router") for a in PLACEMENTS[world]]:
         placement = Placement(assignment, num_experts=SPEC.num_experts)
-        model = ExpertParallelModel(SPEC, placement, rank, 7, dctx.device, dctx.dtype, 16, rule, node_of)
+        model = ExpertParallelModel(
+            SPEC, placement, rank, 7, dctx.device, dctx.dtype, 16, rule, node_of, path, "auto", overlap
+        )
         src = BatchSource(BATCH, world, SPEC.hidden_size, 7, experts=_trace() if routing == "trace" else None)
         m = run_measurement(model, src, dctx, warmup=0, iters=2, barriers=True, check_reference=True, seed=7)
         out.append((routing, m.max_abs_err, m.ref_max_abs, m.sent, m.ids))
@@ -68,9 +73,15 @@ def _cost_dispatch(ids: np.ndarray, assignment: list, world: int, rule: str) -> 
     return evaluate_placement(ids, Placement(assignment, SPEC.num_experts), topo, opts).dispatch
 
 
-@pytest.mark.parametrize(("world", "rule"), [(2, "even"), (4, "local")])
-def test_engine_equals_reference_and_cost_model_dispatch(world: int, rule: str) -> None:
-    results = spawn_ranks(_ranks, world, (rule,), timeout_s=90)
+@pytest.mark.parametrize(
+    ("world", "rule", "path", "overlap"),
+    [(2, "even", "fast", "none"), (4, "local", "fast", "none"), (2, "local", "legacy", "none"),
+     (2, "even", "fast", "two_batch")],
+)  # fmt: skip
+def test_engine_equals_reference_and_cost_model_dispatch(
+    world: int, rule: str, path: str, overlap: str
+) -> None:
+    results = spawn_ranks(_ranks, world, (rule, path, overlap), timeout_s=90)
     for i, (routing, err, scale, sent, ids) in enumerate(results[0]):
         k = i % len(PLACEMENTS[world])
         assert scale > 0.1, "the reference output is not trivially small"
@@ -84,6 +95,49 @@ def test_engine_equals_reference_and_cost_model_dispatch(world: int, rule: str) 
     # every rank gathered the same numbers
     for other in results[1:]:
         np.testing.assert_array_equal(other[0][3], results[0][0][3])
+
+
+def _paths(rank: int, world: int) -> list[tuple[bool, bool, float]]:
+    """Per placement, fp32, trace routing: (two_batch == the same split without overlap bit for bit, and ==
+    the unsplit batch within 1e-5; every kernel's output == the loop's within 1e-5; the legacy path's max abs
+    difference from the fast path).
+
+    Not bit for bit against the unsplit batch: CPU GEMMs compute a row with other micro-kernels when the
+    group's row count changes (a row at the tail of a tile), so halving a batch moves the last bits."""
+    dctx = init_distributed(EngineOptions(backend="gloo", device="cpu", timeout_s=30))
+    node_of = np.zeros(world, dtype=np.int64)
+    out = []
+    for assignment in PLACEMENTS[world]:
+        placement = Placement(assignment, num_experts=SPEC.num_experts)
+
+        def run(path: str, kernel: str, overlap: str, pl: Placement = placement) -> torch.Tensor:
+            m = ExpertParallelModel(
+                SPEC, pl, rank, 7, dctx.device, dctx.dtype, 16, "even", node_of, path, kernel, overlap
+            )
+            src = BatchSource(BATCH, world, SPEC.hidden_size, 7, experts=_trace())
+            return m.forward(src.batch(1, rank), PhaseClock(dctx.device, barriers=False)).out
+
+        base = run("fast", "loop", "none")
+        # lists, not generators: every rank must run every forward (collectives), whatever the outcome
+        same = all(
+            [torch.equal(run("fast", k, "two_batch"), run("fast", k, "split")) for k in ("loop", "auto")]
+        )
+        unsplit = run("fast", "auto", "none")
+        close = torch.allclose(run("fast", "auto", "two_batch"), unsplit, rtol=1e-5, atol=1e-5)
+        kernels = all(
+            [torch.allclose(run("fast", k, "none"), base, rtol=1e-5, atol=1e-5) for k in ("auto", "bmm")]
+        )
+        out.append((same and close, kernels, float((run("legacy", "auto", "none") - base).abs().max())))
+    return out
+
+
+@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_overlap_is_bit_identical_and_kernels_and_paths_agree(world: int) -> None:
+    for rank_result in spawn_ranks(_paths, world, timeout_s=90):
+        for same, kernels, legacy_diff in rank_result:
+            assert same, "two_batch differs from the same split without overlap (or from the unsplit batch)"
+            assert kernels, "grouped_mm / bmm differ from the per-expert loop"
+            assert legacy_diff <= 1e-5
 
 
 def _real_shape(rank: int, world: int) -> tuple[float, float]:

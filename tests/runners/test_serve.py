@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,14 @@ def test_two_rank_run_records_the_named_metrics(tmp_path: Path) -> None:
     assert m["dispatch_matches_cost_model"] == 1 and m["world_size"] == 2
     assert rec["config"]["runtime"]["backend"] == "gloo"
     assert rec["config"]["runtime"]["device_names"] == ["cpu", "cpu"]
+    lb = rec["labels"]
+    assert (lb["device"], lb["dtype"], lb["backend"], lb["dispatch"], lb["overlap"]) == (
+        "cpu", "float32", "gloo", "fast", "none")  # fmt: skip
+    assert lb["rank_layout"].startswith("2 ranks on 1 node(s)") and lb["expert_kernel"] in (
+        "grouped_mm",
+        "bmm",
+    )
+    assert m["step_time_phased_s"] > 0  # the step with phase barriers, next to the un-barriered step_time_s
     assert {"placement.json", "engine.npz"} <= set(rec["artifacts"])
     with np.load(tmp_path / "engine.npz") as z:  # rows and bytes per rank pair vs the cost model's dispatch
         np.testing.assert_array_equal(z["sent_rows"], z["model_dispatch"])
@@ -84,6 +93,49 @@ def test_a_rank_that_raises_stops_all_ranks_with_its_error_on_rank_0(capfd: pyte
     assert launch_local(_fault, 2, {}, ".", []) == 2
     err = capfd.readouterr().err
     assert error_lines(err) == ["error: rank 1: RuntimeError: injected fault"], err[-2000:]
+
+
+def _die(cfg: dict, run_dir: str, roots: list[str]) -> None:
+    """Rank 1 is killed (no message) while rank 0 waits in an all-reduce."""
+    init_distributed(EngineOptions(backend="gloo", device="cpu", timeout_s=60))
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.all_reduce(t)
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_is_named(capfd: pytest.CaptureFixture) -> None:
+    assert launch_local(_die, 2, {}, ".", []) == 2
+    err = capfd.readouterr().err
+    assert error_lines(err) == ["error: rank 1 died (killed by signal SIGKILL); the other ranks stopped"], err
+
+
+FORCED_MISMATCH = """
+import sys
+import moe.engine.measure as m
+ref = m.reference_forward
+m.reference_forward = lambda *a, **k: ref(*a, **k) + 1.0  # the reference now differs by 1 everywhere
+from runners.serve import main, hydra_cli
+sys.argv = ["serve", *sys.argv[1:]]
+hydra_cli(main)
+"""
+
+
+def test_a_failed_reference_check_fails_the_run(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", FORCED_MISMATCH, "engine.nproc=1", "engine.check_reference=true",
+         "engine.measure_iters=1", "engine.warmup_iters=0", "engine.batch_tokens=256", "trace.tokens=2048",
+         f"hydra.run.dir={tmp_path}"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "differs from the single-process reference by 1" in lines[0], proc.stderr[
+        -2000:
+    ]
+    assert not (tmp_path / "result.json").exists()
+    assert '"status": "failed"' in (tmp_path / "events.jsonl").read_text().splitlines()[-1]
 
 
 def test_non_moe_model_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -130,3 +182,17 @@ def test_serve_placements_preset_records_the_comparison(tmp_path: Path) -> None:
     assert any(k.startswith("best_") and k.endswith("_step_time_s") for k in m)
     assert m["contiguous_layer_time_tail_reduction"] == 0.0
     assert (tmp_path / "serve_placements.md").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_runs_its_checks_on_cpu(tmp_path: Path) -> None:
+    env = {**ENV, "SMOKE_DEVICE": "cpu", "SMOKE_OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_smoke.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("PASS", "FAIL"))]
+    names = [ln.split()[1].rstrip(":") for ln in lines]
+    assert names == ["calibrate", "ws1_fp32", "ws1_bf16", "deepseek_v2_lite", "one_device_4ranks_eplb",
+                     "two_batch_overlap"], proc.stdout  # fmt: skip
+    assert all(ln.startswith("PASS") for ln in lines)
+    assert "dtype=bfloat16" in lines[2] and "4 ranks on 1 node(s)" in lines[4]
