@@ -144,7 +144,14 @@ def ep_moe(
 
 
 class SideStream:
-    """A second CUDA stream for the exchanges of ``two_batch`` (no-ops on a CPU, where steps run in order)."""
+    """A second CUDA stream for the exchanges of ``two_batch`` (no-ops on a CPU, where steps run in order).
+
+    Memory crossing the streams needs no ``record_stream``: every block on the side stream first waits for an
+    event of the compute stream (``after(mark())``) and the compute stream waits for the side stream
+    (``join``) before any result is used or any tensor of the call is freed, so a block freed on one stream
+    can only be reused by work ordered after every use on the other. Code that drops this pairing must call
+    ``Tensor.record_stream`` on what it hands across.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
