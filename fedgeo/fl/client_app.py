@@ -9,7 +9,9 @@ Messages a client answers:
   once (normalised, augmented) and keeps it in a file next to its data (``client_<k>.prepared.npz``).
 - ``train``: the global parameters (and the strategy's payload); it runs the strategy's client update and
   replies with parameters, ``num-examples`` and the strategy's extras. Per-client state (SCAFFOLD's
-  control, FedDyn's gradient, MOON's previous model) lives in Flower's ``context.state``.
+  control, FedDyn's gradient, MOON's previous model) lives in Flower's ``context.state``, and (with
+  ``fl.checkpoint``) in ``client_<k>.state_<round>.npz`` next to its data, from which a resumed run's
+  fresh node takes it (``fedgeo.fl.checkpoint``). Injected faults (``fl.faults``) act here first.
 
 A client finds its data as ``client_<partition-id>.npz`` in ``data-dir`` (node config, or the setup's).
 """
@@ -30,6 +32,8 @@ from common.seeding import derive_seed
 from common.threads import limit_threads
 from fedgeo.augment import Augmenter, ClientData
 from fedgeo.classifier import TrainSettings
+from fedgeo.fl.checkpoint import load_client_state, save_client_state
+from fedgeo.fl.faults import inject
 from fedgeo.fl.records import from_record, to_record
 from fedgeo.fl.settings import FLSettings
 from fedgeo.fl.strategy.base import FLStrategy
@@ -95,6 +99,13 @@ def _normalized_client(msg: Message, setup: Setup, data_dir: str, k: int) -> Cli
     return ClientData(_normalizer(msg.content, setup.normalize)(raw.features), raw.labels, raw.domains)
 
 
+def _client_state(context: Context, setup: Setup, data_dir: str, k: int, rnd: int) -> dict[str, np.ndarray]:
+    """The client's strategy state: its node's, else (a resumed run's fresh node) its newest saved one."""
+    if "strategy" in context.state:
+        return from_record(context.state["strategy"])
+    return load_client_state(Path(data_dir), k, rnd) if setup.fl.checkpoint else {}
+
+
 def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
     """The ``ClientApp`` of a run with a ``Setup``, or with a function that builds it from the node's
     ``Context`` (a deployed SuperNode: ``fedgeo.fl.deploy``).
@@ -150,15 +161,18 @@ def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
         prepared = context.state["prepared"]["path"] if "prepared" in context.state else None
         data = load_client(Path(str(prepared)) if prepared else client_file(data_dir, k, prepared=True))
         rnd = int(msg.content["config"]["server-round"])
+        inject(setup.fl.fault_list, k, rnd)
         opts = LocalOpts(setup.fl.local_epochs, setup.train.batch_size, setup.fl.lr, setup.fl.momentum,
                          derive_seed(setup.seed, "local", k, rnd), setup.fl.min_local_steps)  # fmt: skip
-        state = from_record(context.state["strategy"]) if "strategy" in context.state else {}
+        state = _client_state(context, setup, data_dir, k, rnd)
         payload = from_record(msg.content["payload"]) if "payload" in msg.content else {}
         model = setup.model.make(setup.dim, setup.num_classes, seed=0)
         params, extras, new_state, metrics = setup.strategy.client_update(
             model, from_record(msg.content["arrays"]), data.features, data.labels, state, payload, opts
         )
         context.state["strategy"] = to_record(new_state)
+        if setup.fl.checkpoint and new_state:
+            save_client_state(Path(data_dir), k, rnd, new_state)
         out: dict[str, Any] = {
             "arrays": to_record(params),
             "metrics": MetricRecord({"num-examples": data.size, "train_loss": metrics["loss"]}),
