@@ -101,7 +101,7 @@ def watch(target: Callable[[], None], limit_s: float, done: threading.Event, wha
           stop: Callable[[], None] | None = None) -> None:  # fmt: skip
     """Run ``target`` in a daemon thread until ``done`` is set or ``target`` returns.
 
-    Success as soon as ``done`` is set (the engine gets a few seconds to shut down, then is left behind);
+    Success as soon as ``done`` is set (the engine gets 5 s to shut down, then is stopped by ``stop``);
     ``SuiteError`` when ``target`` raised or returned without ``done``, or ``limit_s`` seconds passed
     (then ``stop`` is called, so that the process can exit).
     """
@@ -119,7 +119,10 @@ def watch(target: Callable[[], None], limit_s: float, done: threading.Event, wha
     while not done.wait(0.2) and th.is_alive() and time.monotonic() - t0 < limit_s:
         pass
     if done.is_set():
-        th.join(min(10.0, limit_s))  # let the engine shut down; a finished run stands either way
+        th.join(min(5.0, limit_s))  # let the engine shut down; a finished run stands either way
+        if th.is_alive() and stop is not None:
+            stop()  # a client still stuck (a hung actor) would keep the process from exiting
+            th.join(10.0)
         return
     if th.is_alive():
         if stop is not None:
@@ -160,12 +163,24 @@ def run_ray(server_app: ServerApp, client_app: ClientApp, num_nodes: int, num_cp
                             "init_args": {"include_dashboard": False, "log_to_driver": False}},
         )  # fmt: skip
 
-    watch(target, limit_s, done, "ray", stop=_stop_ray)
+    before = set(threading.enumerate())
+    watch(target, limit_s, done, "ray", stop=lambda: _stop_ray(before))
 
 
-def _stop_ray() -> None:
-    """Shut Ray down (its actors with it), so that a stuck simulation does not keep the process alive."""
+def _stop_ray(before: set[threading.Thread]) -> None:
+    """Shut Ray down and let the process exit past Flower's worker threads still blocked on a stuck actor.
+
+    Flower's Ray engine waits for each client's result in a ``ThreadPoolExecutor`` worker; one waiting on a
+    hung actor never returns (not even after ``ray.shutdown``), and ``concurrent.futures`` joins every
+    worker at interpreter exit, so the process would never end. The workers started by this simulation
+    (threads not in ``before``) that are still alive are taken off that exit-time join list.
+    """
+    import concurrent.futures.thread as cft
+
     import ray
 
     with contextlib.suppress(Exception):
         ray.shutdown()
+    stuck = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    for t in stuck:
+        cft._threads_queues.pop(t, None)  # noqa: SLF001 - the only handle on the exit-time join

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from fedgeo.fl.simulation import watch
 from runners.fed import body
 from tests.fedgeo.conftest import SMALL, compose_fed
 
+REPO = Path(__file__).resolve().parents[2]
 CRASH_1_FROM_2 = "fl.faults=[{client:1,from_round:2,kind:crash}]"
 
 
@@ -146,3 +149,30 @@ def test_watchdog_keeps_a_finished_run_and_stops_a_stuck_one() -> None:
     with pytest.raises(SuiteError, match="did not finish within 0.5 s"):
         watch(lambda: time.sleep(30), 0.5, threading.Event(), "test", stop=lambda: stopped.append(True))
     assert stopped == [True] and time.monotonic() - t0 < 29
+
+
+@pytest.mark.slow
+def test_ray_counts_a_crash_and_a_hang_and_the_process_exits(tmp_path: Path) -> None:
+    """Ray (actors of one CPU each), as a user runs it: client 1 crashes from round 2, client 0 hangs for
+    good in round 3 (its actor never returns); every round is counted, the run ends ``degraded`` with its
+    record, and the process exits (Flower's worker stuck on the hung actor does not keep it alive)."""
+    faults = "fl.faults=[{client:1,from_round:2,kind:crash},{client:0,from_round:3,kind:hang}]"
+    args = [*SMALL, "mode=fl", "augment=none", "fl.backend=ray", "fl.rounds=3", "fl.timeout_s=15", faults]
+    rec = _cli(tmp_path, "runners.fed", args)
+    assert rec["labels"]["status"] == "degraded" and rec["metrics"]["rounds"] == 3
+    assert rec["series"]["replies_failed"] == [0.0, 1.0, 1.0]
+    assert rec["series"]["replies_timed_out"] == [0.0, 0.0, 1.0] and rec["series"]["replies_received"] == [
+        3,
+        2,
+        1,
+    ]
+
+
+def _cli(tmp_path: Path, module: str, args: list[str]) -> dict:
+    """Run ``python -m module args`` in its own process (a generous guard against a process that never
+    exits) and return its record."""
+    run_dir = tmp_path / "cli"
+    cmd = [sys.executable, "-m", module, *args, f"hydra.run.dir={run_dir}", f"paths.feature_cache={tmp_path}"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads((run_dir / "result.json").read_text())
