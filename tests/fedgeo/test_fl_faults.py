@@ -16,6 +16,7 @@ from common.experiment import run_experiment
 from fedgeo.fl.faults import Fault, parse_faults
 from fedgeo.fl.settings import FLSettings
 from fedgeo.fl.simulation import watch
+from fedgeo.report import fl_paper_markdown, fl_paper_rows
 from runners.fed import body
 from tests.fedgeo.conftest import SMALL, compose_fed
 
@@ -80,6 +81,8 @@ def test_a_crashed_client_degrades_the_run_and_is_counted(fed_run, tmp_path: Pat
     assert [e["degraded"] for e in train] == [False, True, True]
     lenient = fed_run("mode=fl", "augment=none", "fl.rounds=3", CRASH_1_FROM_2, "fl.min_reply_fraction=0.6")
     assert lenient.labels["status"] == "complete" and lenient.metrics["replies_failed_total"] == 2
+    table = fl_paper_rows([rec.to_dict(), lenient.to_dict()])
+    assert list(table["degraded"]) == [1] and "degraded" in fl_paper_markdown(table)
 
 
 def test_a_hung_client_times_out_and_the_run_still_ends(fed_run) -> None:
