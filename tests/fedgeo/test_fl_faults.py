@@ -179,3 +179,21 @@ def _cli(tmp_path: Path, module: str, args: list[str]) -> dict:
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads((run_dir / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_ray_resumes_an_interrupted_run_to_the_uninterrupted_numbers(tmp_path: Path) -> None:
+    """A run stopped in round 3 (in-process, ``on_degraded=fail``) continues on Ray from round 2 and ends
+    with the uninterrupted run's numbers (the checkpoint key leaves the backend out)."""
+    common = (*SMALL, "augment=none", "strategy=scaffold", "fl.rounds=3")
+    ref = run_experiment(compose_fed(*common, tmp=tmp_path), "fed", body, run_dir=tmp_path / "ref")
+    broken = compose_fed(*common, "fl.faults=[{client:0,from_round:3,kind:crash}]", "fl.on_degraded=fail",
+                         tmp=tmp_path)  # fmt: skip
+    with pytest.raises(SuiteError):
+        run_experiment(broken, "fed", body, run_dir=tmp_path / "broken")
+    cfg = compose_fed(
+        *common, "fl.backend=ray", "fl.timeout_s=60", f"resume_dir={tmp_path / 'broken'}", tmp=tmp_path
+    )
+    rec = run_experiment(cfg, "fed", body, run_dir=tmp_path / "ray")
+    assert rec.metrics["resumed_round"] == 2 and rec.series["replies_round"] == [1.0, 2.0, 3.0]
+    assert rec.series["acc"] == ref.series["acc"] and rec.series["loss"] == ref.series["loss"]
