@@ -87,7 +87,7 @@ def test_a_crashed_client_degrades_the_run_and_is_counted(fed_run, tmp_path: Pat
 
 def test_a_hung_client_times_out_and_the_run_still_ends(fed_run) -> None:
     rec = fed_run(
-        "mode=fl", "augment=none", "fl.timeout_s=1", "fl.faults=[{client:0,from_round:2,kind:hang}]"
+        "mode=fl", "augment=none", "fl.timeout_s=3", "fl.faults=[{client:0,from_round:2,kind:hang}]"
     )
     assert rec.labels["status"] == "degraded" and rec.metrics["rounds"] == 2
     assert rec.series["replies_timed_out"] == [0.0, 1.0] and rec.series["replies_received"] == [3.0, 2.0]
