@@ -98,10 +98,10 @@ class InProcessGrid(Grid):
 
 
 def watch(target: Callable[[], None], limit_s: float, done: threading.Event, what: str,
-          stop: Callable[[], None] | None = None) -> None:  # fmt: skip
+          stop: Callable[[], None] | None = None, grace_s: float = 5.0) -> None:  # fmt: skip
     """Run ``target`` in a daemon thread until ``done`` is set or ``target`` returns.
 
-    Success as soon as ``done`` is set (the engine gets 5 s to shut down, then is stopped by ``stop``);
+    Success as soon as ``done`` is set (the engine gets ``grace_s`` to shut down, then is stopped by ``stop``);
     ``SuiteError`` when ``target`` raised or returned without ``done``, or ``limit_s`` seconds passed
     (then ``stop`` is called, so that the process can exit).
     """
@@ -119,7 +119,7 @@ def watch(target: Callable[[], None], limit_s: float, done: threading.Event, wha
     while not done.wait(0.2) and th.is_alive() and time.monotonic() - t0 < limit_s:
         pass
     if done.is_set():
-        th.join(min(5.0, limit_s))  # let the engine shut down; a finished run stands either way
+        th.join(min(grace_s, limit_s))  # let the engine shut down; a finished run stands either way
         if th.is_alive() and stop is not None:
             stop()  # a client still stuck (a hung actor) would keep the process from exiting
             th.join(10.0)

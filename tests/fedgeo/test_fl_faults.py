@@ -146,7 +146,7 @@ def test_watchdog_keeps_a_finished_run_and_stops_a_stuck_one() -> None:
         time.sleep(30)  # an engine slow to shut down after the server app finished
 
     t0 = time.monotonic()
-    watch(finishes_then_lingers, 60, done, "test")
+    watch(finishes_then_lingers, 60, done, "test", grace_s=0.2)
     assert done.is_set()
     stopped: list[bool] = []
     with pytest.raises(SuiteError, match="did not finish within 0.5 s"):
