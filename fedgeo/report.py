@@ -92,6 +92,7 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "strategy": str((cfg.get("strategy") or {}).get("name", "-")) if mode == "fl" else "-",
             "budget": budget_label(cfg, mode),
             "arm": arm_label(cfg, metrics), "seed": int(rec.get("seed", 0)),
+            "status": str((rec.get("labels") or {}).get("status", "complete")),
             "acc": float(metrics[METRIC[mode]]), "acc_domain_avg": metrics.get(DOMAIN_AVG[mode]),
             "converged": (rec.get("labels") or {}).get("converged", "n/a"),
             "clients": list(series.get("acc_local") or []), "curve": list(series.get("acc") or []),
@@ -228,7 +229,8 @@ def domain_columns(frame: pd.DataFrame) -> list[str]:
 def fl_paper_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """``mode=fl`` rows as the paper lays them out: per (dataset, partition, setting, strategy, arm), the
     final accuracy (%) per domain and their unweighted average (mean over seeds; ``avg_std``), overall
-    accuracy, seeds, and ``paper_avg`` / ``paper_source``. Empty when no ``mode=fl`` record."""
+    accuracy, seeds, ``degraded`` (runs labelled ``status=degraded``: a round below ``fl.min_reply_fraction``),
+    and ``paper_avg`` / ``paper_source``. Empty when no ``mode=fl`` record."""
     frame = records_frame(records)
     frame = frame[frame["mode"] == "fl"] if not frame.empty else frame
     if frame.empty:
@@ -238,6 +240,9 @@ def fl_paper_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     grouped = frame.groupby(keys, sort=True)
     table = grouped["seed"].nunique().rename("seeds").to_frame()
     table["converged"] = grouped.apply(converged_count, include_groups=False)
+    table["degraded"] = grouped["status"].agg(
+        lambda v: int((v == "degraded").sum())
+    )  # runs below fl.min_reply_fraction
     for col in [*doms, "acc_domain_avg", "acc"]:
         stats = grouped[col].agg(lambda v: mean_std(100 * pd.to_numeric(v)))
         name = {"acc_domain_avg": "avg", "acc": "acc_overall"}.get(col, col.removesuffix("_final"))

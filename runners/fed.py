@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
@@ -20,10 +22,14 @@ from common.errors import ConfigError
 from common.experiment import RunContext, RunOutput
 from common.threads import limit_threads
 from fedgeo.federation import client_datasets
+from fedgeo.fl.checkpoint import NAME as CHECKPOINT
+from fedgeo.fl.checkpoint import checkpoint_key, find_checkpoint, prepare_folder
+from fedgeo.fl.loop import CheckpointPlan
 from fedgeo.fl.run import run_federated
+from fedgeo.fl.settings import FLSettings
 from fedgeo.local import run_local
 from fedgeo.models import ClassifierModel
-from runners.hydra_entry import CONF_DIR, hydra_cli, run_from_hydra
+from runners.hydra_entry import CONF_DIR, hydra_cli, job_roots, run_from_hydra
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 install_schemas("fedgeo")
@@ -51,10 +57,44 @@ def _local(ctx: RunContext, parts: dict[str, Any]) -> RunOutput:
 
 
 def _fl(ctx: RunContext, parts: dict[str, Any]) -> RunOutput:
-    return run_federated(
+    fl = parts["fl"]
+    work = ctx.artifact("fl")
+    plan, source = checkpoint_plan(ctx, fl, work)
+    out = run_federated(
         parts["clients"], parts["test"], parts["normalize"], parts["augment"], parts["model"],
-        parts["strategy"], parts["train"], parts["fl"], ctx.seed, ctx.logger, ctx.artifact("fl"),
+        parts["strategy"], parts["train"], fl, ctx.seed, ctx.logger, work, plan,
     )  # fmt: skip
+    return label_resume(out, source)
+
+
+def checkpoint_roots(ctx: RunContext) -> list[Path]:
+    """Where ``resume=true`` looks for a checkpoint: this run's folder first, then ``resume_dir`` (relative
+    to the launch folder) or this sweep's folder, as for run records (``runners.hydra_entry.resume_roots``)."""
+    if not HydraConfig.initialized():
+        named = ctx.config.get("resume_dir")
+        return [ctx.run_dir, *([Path(named)] if named else [])]
+    return [ctx.run_dir, *job_roots(ctx.config.get("resume_dir"))]
+
+
+def checkpoint_plan(ctx: RunContext, fl: FLSettings, work: Path) -> tuple[CheckpointPlan | None, Path | None]:
+    """The server's checkpoint plan in ``work`` (``None`` with ``fl.checkpoint=false``) and, with
+    ``resume=true``, the unfinished run's checkpoint it continues from (copied into ``work``)."""
+    if not fl.checkpoint:
+        return None, None
+    key = checkpoint_key(ctx.config)
+    source = find_checkpoint(checkpoint_roots(ctx), key) if ctx.config.get("resume", False) else None
+    rnd = prepare_folder(work, source)
+    if source is not None:
+        ctx.log.info(f"resume: continuing after round {rnd} of {source}")
+        ctx.logger.event("resume", checkpoint=str(source), round=rnd)
+    return CheckpointPlan(str(work / CHECKPOINT), key), source
+
+
+def label_resume(out: RunOutput, source: Path | None) -> RunOutput:
+    """Label a run that continued from a checkpoint with where it came from."""
+    if source is not None:
+        out.labels["resumed_from_checkpoint"] = str(source)
+    return out
 
 
 MODES: dict[str, Callable[[RunContext, dict[str, Any]], RunOutput]] = {"local": _local, "fl": _fl}

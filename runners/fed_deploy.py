@@ -13,8 +13,10 @@ process talking over Flower's network stack, here all on loopback (127.0.0.1):
    (``address = "127.0.0.1:P"``, ``insecure = true``). ``flower_app/`` is the Flower App (its
    ``pyproject.toml`` names ``server_app`` and ``client_app`` below as its components).
 
-The ServerApp writes its per-round results to ``result.json`` in the deploy folder; the runner turns them
-into the usual record. Everything is bounded by ``fl.timeout_s x (rounds + 2)`` seconds, and every process started here is killed (its process group) at the end, also on error.
+The ServerApp writes its per-round results (and reply counts, and the error that stopped it, if one did)
+to ``result.json`` in the deploy folder, and a checkpoint per round (``checkpoint.npz``, from which
+``resume=true`` continues); the runner turns them into the usual record. A SuperNode that dies or hangs
+does not end the run: its missing replies are counted as timed out. Everything is bounded by ``fl.timeout_s x (rounds + 2)`` seconds, and every process started here is killed (its process group) at the end, also on error.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ from common.experiment import RunContext, RunOutput
 from common.threads import limit_threads
 from fedgeo.augment import ClientData
 from fedgeo.fl.client_app import Setup, client_file, make_client_app, save_client
-from fedgeo.fl.run import summarize
+from fedgeo.fl.faults import check_clients
+from fedgeo.fl.loop import CheckpointPlan
+from fedgeo.fl.run import summarize, warn_if_not_converged
 from fedgeo.fl.server_app import RunSink, serve, wait_for_nodes
-from runners.fed import build_parts, classifier_model
+from runners.fed import build_parts, checkpoint_plan, classifier_model, label_resume
 from runners.hydra_entry import CONF_DIR, hydra_cli, run_from_hydra
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,9 +90,17 @@ def _server_main(grid: Grid, context: Context) -> None:
     wait_for_nodes(grid, spec["num_clients"], setup.fl.timeout_s)
     with np.load(spec["test_file"]) as z:
         test = ClientData(z["X"], z["y"].astype(np.int64), z["domains"].astype(np.int64))
+    plan = (
+        CheckpointPlan(spec["checkpoint_file"], spec["checkpoint_key"]) if spec["checkpoint_file"] else None
+    )
     sink = RunSink()
-    serve(grid, setup, test, tuple(spec["domain_names"]), sink)
-    out = {"rounds": sink.rounds, "exchange": sink.exchange, "failures": sink.failures, "train": sink.train,
+    error = None
+    try:
+        serve(grid, setup, test, tuple(spec["domain_names"]), sink, plan)
+    except SuiteError as exc:  # e.g. fl.on_degraded=fail: the runner prints it as the run's error line
+        error = str(exc)
+    out = {"rounds": sink.rounds, "exchange": sink.exchange, "failures": sink.failures, "counts": sink.counts,
+           "resumed_round": sink.resumed_round, "error": error, "train": sink.train,
            "lr_search": sink.lr_search}  # fmt: skip
     atomic_write_text(spec["result_file"], json.dumps(out))
 
@@ -117,8 +129,10 @@ def commands(work: Path, num_clients: int, link_port: int, node_ports: list[int]
     return cmds
 
 
-def write_inputs(parts: dict[str, Any], cfg: dict[str, Any], seed: int, work: Path, link_port: int) -> None:
-    """Clients' raw sets, the test set, the run config (``spec``) and the Flower CLI config."""
+def write_inputs(parts: dict[str, Any], cfg: dict[str, Any], seed: int, work: Path, link_port: int,
+                 plan: CheckpointPlan | None = None) -> None:  # fmt: skip
+    """Clients' raw sets, the test set, the run config (``spec``, with the checkpoint ``plan``) and the
+    Flower CLI config."""
     work.mkdir(parents=True, exist_ok=True)
     for k, c in enumerate(parts["clients"]):
         save_client(client_file(work, k), c)
@@ -130,6 +144,7 @@ def write_inputs(parts: dict[str, Any], cfg: dict[str, Any], seed: int, work: Pa
         "num_classes": test.num_classes, "num_domains": test.num_domains, "dim": test.dim, "seed": seed,
         "domain_names": list(test.domain_names), "num_clients": len(parts["clients"]),
         "test_file": str(work / "test.npz"), "result_file": str(work / "result.json"),
+        "checkpoint_file": plan.path if plan else "", "checkpoint_key": plan.key if plan else "",
     }  # fmt: skip
     atomic_write_text(work / "run_config.toml", f"spec = {json.dumps(json.dumps(spec))}\n")
     home = work / "flwr_home"
@@ -177,10 +192,12 @@ def wait_for_port(port: int, deadline: float, proc: subprocess.Popen) -> None:
 
 
 def wait_for_result(work: Path, procs: dict[str, subprocess.Popen], deadline: float, limit_s: float) -> dict:
-    """The ServerApp's ``result.json``; ``SuiteError`` when a party exits early or time runs out."""
+    """The ServerApp's ``result.json``; ``SuiteError`` when the SuperLink or ``flwr run`` exits early or
+    time runs out. A SuperNode that exits is not fatal: its missing replies are counted (timed out) and
+    the run goes on with the others as far as ``fl.min_reply_fraction`` allows."""
     result, run_done = work / "result.json", None
     while not result.exists():
-        dead = [n for n, p in procs.items() if n != "run" and p.poll() is not None]
+        dead = [n for n in ("superlink",) if procs[n].poll() is not None]
         rc = procs["run"].poll()
         if rc is not None and run_done is None:
             run_done = time.monotonic()
@@ -247,19 +264,27 @@ def body(ctx: RunContext) -> RunOutput:
         raise SuiteError("runners.fed_deploy runs mode=fl only")
     parts = build_parts(ctx)
     fl = build(ctx.config["fl"], "fl")
+    check_clients(fl.fault_list, len(parts["clients"]))
     work = ctx.artifact("deploy")
+    plan, source = checkpoint_plan(ctx, fl, work)
     link_port = free_port()
-    write_inputs(parts, ctx.config, ctx.seed, work, link_port)
+    write_inputs(parts, ctx.config, ctx.seed, work, link_port, plan)
     limit = fl.timeout_s * (fl.rounds + 2)
     t0 = time.perf_counter()
     res = run_deployment(work, len(parts["clients"]), link_port, limit, ctx.log)
     sink = RunSink(rounds=res["rounds"], exchange=res["exchange"], failures=res["failures"],
-                   train=res.get("train", []), lr_search=res.get("lr_search", {}))  # fmt: skip
+                   counts=res["counts"], resumed_round=res["resumed_round"], train=res.get("train", []),
+                   lr_search=res.get("lr_search", {}))  # fmt: skip
     for f in sink.failures:
         ctx.logger.event("client_failure", detail=f)
+    for c in sink.counts:
+        ctx.logger.event("replies", **c)
+    if res["error"]:
+        raise SuiteError(res["error"])
     for r in sink.rounds:
         ctx.logger.log({k: r[k] for k in ("acc", "acc_domain_avg", "loss")}, int(r["round"]), "round")
-    out = summarize(sink, parts["test"].domain_names, fl)
+    out = label_resume(summarize(sink, parts["test"].domain_names, fl), source)
+    warn_if_not_converged(out, fl, ctx.logger)
     out.metrics |= {"fl_wall_s": time.perf_counter() - t0, "num_clients": float(len(parts["clients"])),
                     "multi_domain": float(bool(getattr(parts["augment"], "multi_domain", False)))}  # fmt: skip
     return out

@@ -9,7 +9,9 @@ Messages a client answers:
   once (normalised, augmented) and keeps it in a file next to its data (``client_<k>.prepared.npz``).
 - ``train``: the global parameters (and the strategy's payload); it runs the strategy's client update and
   replies with parameters, ``num-examples`` and the strategy's extras. Per-client state (SCAFFOLD's
-  control, FedDyn's gradient, MOON's previous model) lives in Flower's ``context.state``.
+  control, FedDyn's gradient, MOON's previous model) lives in Flower's ``context.state``, and (with
+  ``fl.checkpoint``) in ``client_<k>.state_<round>.npz`` next to its data, from which a resumed run's
+  fresh node takes it (``fedgeo.fl.checkpoint``). Injected faults (``fl.faults``) act here first.
 
 A client finds its data as ``client_<partition-id>.npz`` in ``data-dir`` (node config, or the setup's).
 """
@@ -30,6 +32,8 @@ from common.seeding import derive_seed
 from common.threads import limit_threads
 from fedgeo.augment import Augmenter, ClientData
 from fedgeo.classifier import TrainSettings
+from fedgeo.fl.checkpoint import load_client_state, save_client_state
+from fedgeo.fl.faults import inject
 from fedgeo.fl.lr_search import candidate_losses
 from fedgeo.fl.records import from_record, to_record
 from fedgeo.fl.settings import FLSettings
@@ -118,6 +122,13 @@ def search_on_client(setup: Setup, k: int, data: ClientData, msg: Message) -> tu
     )  # fmt: skip
 
 
+def _client_state(context: Context, setup: Setup, data_dir: str, k: int, rnd: int) -> dict[str, np.ndarray]:
+    """The client's strategy state: its node's, else (a resumed run's fresh node) its newest saved one."""
+    if "strategy" in context.state:
+        return from_record(context.state["strategy"])
+    return load_client_state(Path(data_dir), k, rnd) if setup.fl.checkpoint else {}
+
+
 def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
     """The ``ClientApp`` of a run with a ``Setup``, or with a function that builds it from the node's
     ``Context`` (a deployed SuperNode: ``fedgeo.fl.deploy``).
@@ -180,7 +191,9 @@ def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
         k, data_dir = _where(context, setup)
         prepared = context.state["prepared"]["path"] if "prepared" in context.state else None
         data = load_client(Path(str(prepared)) if prepared else client_file(data_dir, k, prepared=True))
-        state = from_record(context.state["strategy"]) if "strategy" in context.state else {}
+        rnd = int(msg.content["config"]["server-round"])
+        inject(setup.fl.fault_list, k, rnd)
+        state = _client_state(context, setup, data_dir, k, rnd)
         payload = from_record(msg.content["payload"]) if "payload" in msg.content else {}
         model = setup.model.make(setup.dim, setup.num_classes, seed=0)
         global_params = from_record(msg.content["arrays"])
@@ -192,6 +205,8 @@ def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
         weight = (
             data.size if setup.fl.weight_by == "augmented" else load_client(client_file(data_dir, k)).size
         )
+        if setup.fl.checkpoint and new_state:
+            save_client_state(Path(data_dir), k, rnd, new_state)
         out: dict[str, Any] = {
             "arrays": to_record(params),
             "metrics": MetricRecord(

@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,10 @@ from common.log import RunLogger, get_logger
 from fedgeo.augment import Augmenter, ClientData
 from fedgeo.classifier import TrainSettings
 from fedgeo.data import EmbeddingDataset
+from fedgeo.fl.accounting import COUNT_KEYS, totals
 from fedgeo.fl.client_app import Setup, client_file, make_client_app, save_client
+from fedgeo.fl.faults import check_clients
+from fedgeo.fl.loop import CheckpointPlan
 from fedgeo.fl.server_app import RunSink, make_server_app
 from fedgeo.fl.settings import FLSettings
 from fedgeo.fl.simulation import run_inprocess, run_ray
@@ -54,11 +57,21 @@ def summarize(sink: RunSink, domain_names: Sequence[str], fl: FLSettings) -> Run
         **{f"acc_{d}_final": last[f"acc_{d}"] for d in domain_names if f"acc_{d}" in last},
         **sink.exchange,
     }
+    train = [c for c in sink.counts if c["phase"] == "train"]
+    series |= {f"replies_{k}": [float(c[k]) for c in train] for k in COUNT_KEYS}
+    series["replies_round"] = [float(c["round"]) for c in train]
+    metrics |= totals(sink.counts) | {"resumed_round": float(sink.resumed_round)}
     train_metrics, train_series = training_summary(sink, fl.min_loss_drop)
     metrics |= train_metrics | {"lr": sink.exchange.get("lr_selected", fl.lr)}
     steps = {k: "round" for k in series} | {k: "train_round" for k in train_series}
     converged = {1.0: "true", 0.0: "false"}.get(train_metrics.get("converged", -1.0), "n/a")
-    labels = {"converged": converged, **({"lr_search": json.dumps(sink.lr_search)} if sink.lr_search else {})}
+    labels = {"status": "degraded" if metrics["rounds_degraded"] else "complete", "converged": converged}
+    if sink.lr_search:
+        labels["lr_search"] = json.dumps(sink.lr_search)
+    if labels["status"] == "degraded":
+        log.warning(
+            f"federation: degraded run: {int(metrics['rounds_degraded'])} round(s) below fl.min_reply_fraction"
+        )
     return RunOutput(metrics, series | train_series, steps, labels)
 
 
@@ -95,6 +108,30 @@ def not_converged_message(metrics: dict[str, float], fl: FLSettings) -> str:
     )
 
 
+def warn_if_not_converged(out: RunOutput, fl: FLSettings, logger: RunLogger) -> None:
+    """A ``not_converged`` event and a console warning when the run is recorded ``converged=false``."""
+    if out.labels.get("converged") == "false":
+        logger.event("not_converged", loss_first=out.metrics["train_loss_first"],
+                     loss_last=out.metrics["train_loss_last"])  # fmt: skip
+        log.warning(not_converged_message(out.metrics, fl))
+
+
+def raise_error(sink: RunSink) -> None:
+    """Re-raise the error that stopped the server app (a ``SuiteError`` as it is, anything else wrapped)."""
+    if sink.error is None:
+        return
+    if isinstance(sink.error, SuiteError):
+        raise sink.error
+    raise SuiteError(
+        f"federation: the server app failed: {type(sink.error).__name__}: {sink.error}"
+    ) from sink.error
+
+
+def log_counts(logger: RunLogger) -> Callable[[dict], None]:
+    """``sink.on_count``: every round's reply counts as a ``replies`` event in ``events.jsonl``."""
+    return lambda row: logger.event("replies", **row)
+
+
 def run_federated(
     raw: Sequence[ClientData],
     test: EmbeddingDataset,
@@ -107,8 +144,11 @@ def run_federated(
     seed: int,
     logger: RunLogger,
     work_dir: Path,
+    plan: CheckpointPlan | None = None,
 ) -> RunOutput:
-    """Write every client's raw set to ``work_dir``, run the Flower apps on ``fl.backend``, summarise."""
+    """Write every client's raw set to ``work_dir``, run the Flower apps on ``fl.backend``, summarise.
+    With ``plan`` the server checkpoints every round and continues from ``plan.path`` when it exists."""
+    check_clients(fl.fault_list, len(raw))
     logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower's per-round INFO lines; ours are per round
     work_dir.mkdir(parents=True, exist_ok=True)
     for k, c in enumerate(raw):
@@ -118,28 +158,35 @@ def run_federated(
     sink = RunSink(
         on_round=lambda rnd, ev: logger.log(
             {k: ev[k] for k in ("acc", "acc_domain_avg", "loss")}, rnd, "round"
-        )
+        ),
+        on_count=log_counts(logger),
     )
     done = threading.Event()
     server = make_server_app(
-        setup, ClientData(test.features, test.labels, test.domains), test.domain_names, sink, done, len(raw)
+        setup,
+        ClientData(test.features, test.labels, test.domains),
+        test.domain_names,
+        sink,
+        done,
+        len(raw),
+        plan,
     )
     client = make_client_app(setup)
     t0 = time.perf_counter()
-    if fl.backend == "ray":
-        run_ray(server, client, len(raw), fl.num_cpus, fl.timeout_s * (fl.rounds + 2), done)
-    else:
-        run_inprocess(server, client, len(raw))
-    for f in sink.failures:
-        logger.event("client_failure", detail=f)
+    limit = fl.timeout_s * (fl.rounds + 2)
+    try:
+        if fl.backend == "ray":
+            run_ray(server, client, len(raw), fl.num_cpus, limit, done)
+        else:
+            run_inprocess(server, client, len(raw), limit, done)
+    finally:
+        for f in sink.failures:
+            logger.event("client_failure", detail=f)
+    raise_error(sink)
     out = summarize(sink, test.domain_names, fl)
-    if out.labels.get("converged") == "false":
-        logger.event("not_converged", loss_first=out.metrics["train_loss_first"],
-                     loss_last=out.metrics["train_loss_last"])  # fmt: skip
-        log.warning(not_converged_message(out.metrics, fl))
+    warn_if_not_converged(out, fl, logger)
     out.metrics |= {"fl_wall_s": time.perf_counter() - t0, "num_clients": float(len(raw)),
                     "multi_domain": float(bool(getattr(augment, "multi_domain", False)))}  # fmt: skip
-    logger.event(
-        "fl", strategy=strategy.name, augment=augment.label, backend=fl.backend, failures=len(sink.failures)
-    )
+    logger.event("fl", strategy=strategy.name, augment=augment.label, backend=fl.backend,
+                 failures=len(sink.failures), status=out.labels["status"])  # fmt: skip
     return out

@@ -2,10 +2,11 @@
 
 ``make_server_app`` runs, in order: the normaliser round (``query.norm``), the GGEUR round
 (``query.ggeur``, only with ``augment=ggeur``), the preparation round (``query.prepare``: normaliser and
-global shapes down, clients build their sets once), then ``fl.rounds`` training rounds through
-``Strategy.start`` of Flower's ``FedAvg`` strategy whose training
-aggregation is our strategy's pure ``aggregate``. After every round the global model is scored on the
-test set (``evaluate_fn``); the round's bytes (up and down) and wall time are recorded in ``RunSink``.
+global shapes down, clients build their sets once), then ``fl.rounds`` training rounds
+(``fedgeo.fl.loop.run_rounds``: Flower's round loop with reply accounting and checkpoints) of Flower's
+``FedAvg`` strategy whose training aggregation is our strategy's pure ``aggregate``. After every round the
+global model is scored on the test set (``evaluate_fn``); the round's bytes (up and down), wall time and
+reply counts are recorded in ``RunSink``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from common.errors import SuiteError
 from common.log import get_logger
 from fedgeo.augment import ClientData
 from fedgeo.federation import TestSet, evaluate
+from fedgeo.fl.accounting import count_replies
 from fedgeo.fl.client_app import Setup
+from fedgeo.fl.loop import CheckpointPlan, record_count, run_rounds
 from fedgeo.fl.lr_search import pick_lr
 from fedgeo.fl.records import from_record, record_bytes, to_record
 from fedgeo.fl.strategy.base import ClientResult
@@ -45,19 +48,37 @@ class RunSink:
     failures: list[str] = field(default_factory=list)
     train: list[dict[str, float]] = field(default_factory=list)
     lr_search: dict[str, float] = field(default_factory=dict)
+    counts: list[dict[str, Any]] = field(default_factory=list)  # fedgeo.fl.accounting rows, every round
     final_params: Arrays | None = None
     on_round: Any = None  # callable(round, metrics) for live logging
+    on_count: Any = None  # callable(count row) for live logging
+    error: BaseException | None = None  # why the server app stopped early (re-raised by the runner)
+    resumed_round: int = 0  # the checkpoint's round a resumed run started after (0 = from scratch)
+
+    def progress(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the run's records (the training rounds' part)."""
+        return {"rounds": self.rounds, "failures": [f for f in self.failures if f.startswith("round ")],
+                "counts": [c for c in self.counts if c["phase"] == "train"], "train": self.train}  # fmt: skip
+
+    def restore(self, progress: dict[str, Any]) -> None:
+        """Continue from a checkpoint's ``progress`` (this run's preparation records kept)."""
+        self.rounds = list(progress["rounds"])
+        self.failures = [f for f in self.failures if not f.startswith("round ")] + progress["failures"]
+        self.counts = [c for c in self.counts if c["phase"] != "train"] + progress["counts"]
+        self.train = list(progress.get("train", []))
 
 
 def _content_bytes(content: RecordDict) -> int:
     return sum(record_bytes(r) for r in content.values() if isinstance(r, ArrayRecord))
 
 
-def exchange(grid: Grid, kind: str, contents: RecordDict, timeout: float, sink: RunSink) -> list[Message]:
-    """Send ``query.<kind>`` with ``contents`` to every node; the valid replies (failures reported)."""
-    nodes = list(grid.get_node_ids())
+def exchange(grid: Grid, kind: str, contents: RecordDict, setup: Setup, sink: RunSink) -> list[Message]:
+    """Send ``query.<kind>`` with ``contents`` to every node; the valid replies (failures reported, replies
+    counted as a round 0 of phase ``kind``)."""
+    nodes, timeout = list(grid.get_node_ids()), setup.fl.timeout_s
     msgs = [Message(contents, dst_node_id=n, message_type=f"query.{kind}") for n in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    record_count(sink, count_replies(kind, 0, msgs, replies), setup.fl, 0)
     good = [r for r in replies if not r.has_error()]
     for r in replies:
         if r.has_error():
@@ -146,19 +167,25 @@ def make_server_app(
     sink: RunSink,
     done: threading.Event | None = None,
     num_nodes: int | None = None,
+    plan: CheckpointPlan | None = None,
 ) -> ServerApp:
     """The ``ServerApp`` of a run; ``test_raw`` is the global test set before normalisation. With
     ``num_nodes`` it first waits until that many nodes are connected (Ray and deployment register them
-    after the server starts)."""
+    after the server starts). An error stops it and lands in ``sink.error``; ``done`` is set at the end
+    either way (the runner's watchdog waits for it)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        if num_nodes:
-            wait_for_nodes(grid, num_nodes, setup.fl.timeout_s)
-        serve(grid, setup, test_raw, domain_names, sink)
-        if done is not None:
-            done.set()
+        try:
+            if num_nodes:
+                wait_for_nodes(grid, num_nodes, setup.fl.timeout_s)
+            serve(grid, setup, test_raw, domain_names, sink, plan)
+        except BaseException as exc:  # noqa: BLE001 - handed to the runner, which re-raises it
+            sink.error = exc
+        finally:
+            if done is not None:
+                done.set()
 
     return app
 
@@ -172,16 +199,16 @@ def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def serve(
-    grid: Grid, setup: Setup, test_raw: ClientData, domain_names: tuple[str, ...], sink: RunSink
-) -> None:
+def serve(grid: Grid, setup: Setup, test_raw: ClientData, domain_names: tuple[str, ...], sink: RunSink,
+          plan: CheckpointPlan | None = None) -> None:  # fmt: skip
     """The server's whole run on ``grid``: normaliser, GGEUR and preparation rounds, then ``fl.rounds``
-    training rounds; every evaluated round lands in ``sink``."""
+    training rounds (from ``plan``'s checkpoint, when it holds one); every evaluated round lands in
+    ``sink``."""
     norm = prepare_clients(grid, setup, sink)
     test = TestSet(norm(test_raw.features), test_raw.labels, test_raw.domains, domain_names)
     model = setup.model.make(setup.dim, setup.num_classes, seed=setup.seed)
     lr = search_lr(grid, setup, get_params(model), sink) if setup.fl.lr_candidates else setup.fl.lr
-    train_rounds(grid, setup, test, sink, model, lr)
+    train_rounds(grid, setup, test, sink, model, lr, plan)
 
 
 def search_lr(grid: Grid, setup: Setup, init: Arrays, sink: RunSink) -> float:
@@ -189,7 +216,7 @@ def search_lr(grid: Grid, setup: Setup, init: Arrays, sink: RunSink) -> float:
     (``query.lrsearch``, ``fedgeo.fl.lr_search``); the choice and the mean losses land in ``sink``."""
     t0 = time.perf_counter()
     content = RecordDict({"arrays": to_record(init)})
-    got = exchange(grid, "lrsearch", content, setup.fl.timeout_s, sink)
+    got = exchange(grid, "lrsearch", content, setup, sink)
     scores = [from_record(r.content["scores"]) for r in got]
     cands = setup.fl.lr_candidates
     lr, mean = pick_lr(np.stack([s["losses"] for s in scores]), np.array([s["n"][0] for s in scores]), cands)
@@ -203,33 +230,33 @@ def search_lr(grid: Grid, setup: Setup, init: Arrays, sink: RunSink) -> float:
 def prepare_clients(grid: Grid, setup: Setup, sink: RunSink) -> Normalizer:
     """The rounds before training: normaliser statistics (``query.norm``), GGEUR (``query.ggeur``, with
     ``augment=ggeur``), preparation (``query.prepare``); returns the fitted normaliser."""
-    timeout = setup.fl.timeout_s
     t0 = time.perf_counter()
     norm = Normalizer(setup.normalize)
     if setup.normalize not in ("none", "l2"):  # row-wise kinds need no statistics
-        got = exchange(grid, "norm", RecordDict({"config": ConfigRecord({})}), timeout, sink)
+        got = exchange(grid, "norm", RecordDict({"config": ConfigRecord({})}), setup, sink)
         stats = [from_record(r.content["stats"]) for r in got]
         merged = merge_norm_stats([NormStats(int(s["count"][0]), s["mean"], s["m2"]) for s in stats])
         norm = fit_from_stats(setup.normalize, merged)
     norm_rec = to_record({} if norm.mean is None else {"mean": norm.mean, "scale": norm.scale})
     reply: Arrays = {}
     if setup.augment.enabled:
-        got = exchange(grid, "ggeur", RecordDict({"norm": norm_rec}), timeout, sink)
+        got = exchange(grid, "ggeur", RecordDict({"norm": norm_rec}), setup, sink)
         reply, info = setup.augment.server_reply([from_record(r.content["upload"]) for r in got])
         sink.exchange |= {
             f"ggeur_{k}": float(info.get(k, 0))
             for k in ("clipped", "withheld_classes", "withheld_prototypes")
         }
-    got = exchange(grid, "prepare", RecordDict({"norm": norm_rec, "reply": to_record(reply)}), timeout, sink)
+    got = exchange(grid, "prepare", RecordDict({"norm": norm_rec, "reply": to_record(reply)}), setup, sink)
     sink.exchange["n_train_mean"] = float(np.mean([r.content["metrics"]["n_train"] for r in got]))
     sink.exchange["prepare_s"] = time.perf_counter() - t0
     return norm
 
 
-def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink, model: Any, lr: float) -> None:
-    """``fl.rounds`` training rounds of ``model`` (its parameters the initial global ones) through
-    ``Strategy.start``, clients training at learning rate ``lr``; the global model scored on ``test``."""
-    fl, timeout = setup.fl, setup.fl.timeout_s
+def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink, model: Any, lr: float,
+                 plan: CheckpointPlan | None) -> None:  # fmt: skip
+    """``fl.rounds`` training rounds (``run_rounds``) of ``model`` (its parameters the initial global ones),
+    clients training at learning rate ``lr``; the global model scored on ``test``."""
+    fl = setup.fl
     nodes = list(grid.get_node_ids())
     base = flwr_strategy.FedAvg  # its sampling and round loop; the aggregation is the suite strategy's
     kwargs: dict[str, Any] = {"fraction_train": fl.fraction, "fraction_evaluate": 0.0,
@@ -261,5 +288,4 @@ def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink, model: 
         return MetricRecord({k: float(v) for k, v in ev.items()})
 
     initial = to_record({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
-    strat.start(grid, initial, num_rounds=fl.rounds, timeout=timeout, evaluate_fn=evaluate_fn,
-                train_config=ConfigRecord({"lr": float(lr)}))  # fmt: skip
+    run_rounds(grid, strat, initial, fl, evaluate_fn, sink, plan, {"lr": float(lr)})

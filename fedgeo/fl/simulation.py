@@ -2,17 +2,22 @@
 
 ``InProcessGrid`` is a Flower ``Grid`` that hands each message to the ``ClientApp`` of its node in this
 process, one after another, with one persistent ``Context`` per node (as a SuperNode keeps it). A client
-that raises gives an error reply (Flower's own behaviour), and the strategy goes on with the others.
-``run_ray`` uses ``flwr.simulation.run_simulation`` (one Ray actor per ``num_cpus``) under a watchdog, so
-a stuck simulation fails with a message instead of hanging.
+that raises gives an error reply (Flower's own behaviour), and the strategy goes on with the others; a
+client that does not answer within the reply timeout is left behind (its thread abandoned) and its
+reply is missing, as on a real grid.
+
+Both backends run under a watchdog (``watch``): the run succeeds as soon as the server app says it is
+done (``done``), whatever the engine is still doing, and fails with one message when it is not done
+within its limit (``fl.timeout_s x (rounds + 2)``); the engine is then stopped so that the process exits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import count
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -53,6 +58,14 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
 
+    def _deliver_within(self, msg: Message, timeout: float | None) -> Message | None:
+        """``_deliver`` in a worker thread; ``None`` when it has not answered within ``timeout`` seconds."""
+        box: list[Message] = []
+        th = threading.Thread(target=lambda: box.append(self._deliver(msg)), daemon=True, name="fl-client")
+        th.start()
+        th.join(timeout)
+        return box[0] if box else None
+
     def _deliver(self, msg: Message) -> Message:
         msg.metadata.__dict__["_message_id"] = f"m{next(_IDS)}"
         node = msg.metadata.dst_node_id
@@ -78,50 +91,96 @@ class InProcessGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return [self._deliver(m) for m in messages]
+        """Each message's reply, clients one after another, each given at most ``timeout`` seconds; a
+        client that has not answered by then has no reply in the list."""
+        replies = (self._deliver_within(m, timeout) for m in messages)
+        return [r for r in replies if r is not None]
 
 
-def run_inprocess(server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
-    """Run ``server_app``'s main with an ``InProcessGrid``."""
+def watch(target: Callable[[], None], limit_s: float, done: threading.Event, what: str,
+          stop: Callable[[], None] | None = None, grace_s: float = 5.0) -> None:  # fmt: skip
+    """Run ``target`` in a daemon thread until ``done`` is set or ``target`` returns.
+
+    Success as soon as ``done`` is set (the engine gets ``grace_s`` to shut down, then is stopped by ``stop``);
+    ``SuiteError`` when ``target`` raised or returned without ``done``, or ``limit_s`` seconds passed
+    (then ``stop`` is called, so that the process can exit).
+    """
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    t0 = time.monotonic()
+    th = threading.Thread(target=run, daemon=True, name=f"fl-{what}")
+    th.start()
+    while not done.wait(0.2) and th.is_alive() and time.monotonic() - t0 < limit_s:
+        pass
+    if done.is_set():
+        th.join(min(grace_s, limit_s))  # let the engine shut down; a finished run stands either way
+        if th.is_alive() and stop is not None:
+            stop()  # a client still stuck (a hung actor) would keep the process from exiting
+            th.join(10.0)
+        return
+    if th.is_alive():
+        if stop is not None:
+            stop()
+        raise SuiteError(
+            f"fl.backend={what}: the run did not finish within {limit_s:g} s (fl.timeout_s); stopped"
+        )
+    if errors:
+        raise SuiteError(f"fl.backend={what}: the simulation failed: {errors[0]}")
+    raise SuiteError(
+        f"fl.backend={what}: the server app ended without finishing ({time.monotonic() - t0:.1f} s)"
+    )
+
+
+def run_inprocess(server_app: ServerApp, client_app: ClientApp, num_nodes: int, limit_s: float,
+                  done: threading.Event) -> None:  # fmt: skip
+    """Run ``server_app``'s main with an ``InProcessGrid`` under ``watch`` (``limit_s`` seconds)."""
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # what a SuperLink would set
     grid = InProcessGrid(client_app, num_nodes)
     context = Context(1, 0, {}, RecordDict(), {})
-    server_app(grid, context)
+    watch(lambda: server_app(grid, context), limit_s, done, "inprocess")
 
 
 def run_ray(server_app: ServerApp, client_app: ClientApp, num_nodes: int, num_cpus: int, limit_s: float,
             done: threading.Event) -> None:  # fmt: skip
-    """Flower's simulation engine (Ray backend), ``num_cpus`` per client, failing after ``limit_s`` seconds
-    unless ``done`` (set by the server app at its end) is set by then."""
+    """Flower's simulation engine (Ray backend), ``num_cpus`` per client, under ``watch``: done when the
+    server app sets ``done``, failed after ``limit_s`` seconds (Ray is then shut down)."""
     from flwr.simulation import run_simulation
 
-    errors: list[BaseException] = []
-
     def target() -> None:
-        try:
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=num_nodes,
-                backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
-                                "init_args": {"include_dashboard": False, "log_to_driver": False}},
-            )  # fmt: skip
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_nodes,
+            backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
+                            "init_args": {"include_dashboard": False, "log_to_driver": False}},
+        )  # fmt: skip
 
-    t0 = time.perf_counter()
-    th = threading.Thread(target=target, daemon=True, name="flwr-simulation")
-    th.start()
-    th.join(limit_s)
-    if th.is_alive():
-        raise SuiteError(
-            f"fl.backend=ray: the simulation did not finish within {limit_s:g} s (fl.timeout_s); stopped"
-        )
-    if errors:
-        raise SuiteError(f"fl.backend=ray: the simulation failed: {errors[0]}")
-    if not done.is_set():
-        raise SuiteError(
-            f"fl.backend=ray: the server app ended without finishing ({time.perf_counter() - t0:.1f} s); see the log above"
-        )
+    before = set(threading.enumerate())
+    watch(target, limit_s, done, "ray", stop=lambda: _stop_ray(before))
+
+
+def _stop_ray(before: set[threading.Thread]) -> None:
+    """Shut Ray down and let the process exit past Flower's worker threads still blocked on a stuck actor.
+
+    Flower's Ray engine waits for each client's result in a ``ThreadPoolExecutor`` worker; one waiting on a
+    hung actor never returns (not even after ``ray.shutdown``), and ``concurrent.futures`` joins every
+    worker at interpreter exit, so the process would never end. The workers started by this simulation
+    (threads not in ``before``) that are still alive are taken off that exit-time join list.
+    """
+    import concurrent.futures.thread as cft
+
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+    stuck = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    for t in stuck:
+        cft._threads_queues.pop(t, None)  # noqa: SLF001 - the only handle on the exit-time join
