@@ -49,7 +49,6 @@ class RunSink:
     train: list[dict[str, float]] = field(default_factory=list)
     lr_search: dict[str, float] = field(default_factory=dict)
     counts: list[dict[str, Any]] = field(default_factory=list)  # fedgeo.fl.accounting rows, every round
-    final_params: Arrays | None = None
     on_round: Any = None  # callable(round, metrics) for live logging
     on_count: Any = None  # callable(count row) for live logging
     error: BaseException | None = None  # why the server app stopped early (re-raised by the runner)
@@ -282,7 +281,6 @@ def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink, model: 
                "wall_s": time.perf_counter() - clock[0]}  # fmt: skip
         clock[0] = time.perf_counter()
         sink.rounds.append({"round": float(rnd), **ev})
-        sink.final_params = params
         if sink.on_round:
             sink.on_round(rnd, ev)
         return MetricRecord({k: float(v) for k, v in ev.items()})

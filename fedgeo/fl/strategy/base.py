@@ -17,7 +17,6 @@ them on tiny problems by hand, without Flower.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from torch import nn
@@ -68,6 +67,3 @@ class FLStrategy:
         """Default (FedAvg): the average of the clients' parameters weighted by their example counts."""
         new = weighted_mean([r.params for r in results], [r.num_examples for r in results])
         return new, server_state
-
-    def options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
