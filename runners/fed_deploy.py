@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from typing import Any
 
 import hydra
 import numpy as np
+import psutil
+import tomli_w
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
@@ -146,11 +147,13 @@ def write_inputs(parts: dict[str, Any], cfg: dict[str, Any], seed: int, work: Pa
         "test_file": str(work / "test.npz"), "result_file": str(work / "result.json"),
         "checkpoint_file": plan.path if plan else "", "checkpoint_key": plan.key if plan else "",
     }  # fmt: skip
-    atomic_write_text(work / "run_config.toml", f"spec = {json.dumps(json.dumps(spec))}\n")
+    atomic_write_text(work / "run_config.toml", tomli_w.dumps({"spec": json.dumps(spec)}))
     home = work / "flwr_home"
     home.mkdir(exist_ok=True)
-    conn = f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "{HOST}:{link_port}"\ninsecure = true\n'
-    atomic_write_text(home / "config.toml", conn)
+    conn = {
+        "superlink": {"default": "deploy", "deploy": {"address": f"{HOST}:{link_port}", "insecure": True}}
+    }
+    atomic_write_text(home / "config.toml", tomli_w.dumps(conn))
 
 
 def run_deployment(work: Path, num_clients: int, link_port: int, limit_s: float, log: Any) -> dict[str, Any]:
@@ -219,43 +222,24 @@ def _tail(path: Path, n: int = 400) -> str:
     return path.read_text(errors="replace")[-n:].replace("\n", " | ") if path.exists() else ""
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (from ``/proc``), also those Flower detached into new sessions."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def _kill(procs: list[subprocess.Popen]) -> None:
-    """Stop every process started here and all their descendants: SIGTERM, then SIGKILL after 5 s."""
-    pids = [q for p in procs if p.poll() is None for q in (p.pid, *_descendants(p.pid))]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        t_end = time.monotonic() + 5.0
-        while time.monotonic() < t_end and any(_alive(pid) for pid in pids):
-            for p in procs:
-                p.poll()  # reap our direct children
-            time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    """Stop every process started here and all their descendants (also those Flower detached into new
+    sessions): SIGTERM, then SIGKILL to whatever is left after 5 s."""
+    tree: list[psutil.Process] = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(p.pid)
+            tree += [root, *root.children(recursive=True)]
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=5.0)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5.0)
+    for p in procs:
+        p.poll()  # reap our direct children
 
 
 def body(ctx: RunContext) -> RunOutput:

@@ -10,12 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from common.errors import SuiteError
 from common.experiment import run_experiment
 from runners.fed import body as fed_body
-from runners.fed_deploy import _alive, _descendants, _kill, commands
+from runners.fed_deploy import _kill, commands
 from runners.fed_deploy import body as deploy_body
 from tests.fedgeo.conftest import SMALL, compose_fed
 
@@ -42,13 +43,14 @@ def test_kill_stops_a_process_and_the_child_it_detached() -> None:
     # The parent starts a child in its own session (as Flower's SuperLink starts flower-superexec).
     p = subprocess.Popen(["bash", "-c", "setsid sleep 60 & wait"], start_new_session=True)
     for _ in range(50):
-        kids = _descendants(p.pid)
+        kids = psutil.Process(p.pid).children(recursive=True)
         if kids:
             break
         time.sleep(0.05)
     assert kids
     _kill([p])
-    assert p.poll() is not None and not any(_alive(k) for k in kids)
+    assert p.poll() is not None
+    assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kids)
 
 
 def _deploy(tmp_path: Path, name: str, *overrides: str):
