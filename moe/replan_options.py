@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from common.config import rekey, schema
+from common.config import build, schema
 from common.errors import ConfigError
 from moe.replan import POLICIES
+
+TARGET = "moe.replan_options.ReplanOptions"
 
 
 @schema("replan", "default")
@@ -56,14 +58,6 @@ class ReplanOptions:
 
 
 def replan_options(cfg: Mapping[str, Any] | None) -> ReplanOptions:
-    """``ReplanOptions`` from a ``replan`` node (``None``: defaults); errors name ``replan.<key>``."""
-    if cfg is None:
-        return ReplanOptions()
-    kwargs = {k: v for k, v in dict(cfg).items() if k not in ("_target_", "defaults")}
-    unknown = set(kwargs) - {f.name for f in fields(ReplanOptions)}
-    if unknown:
-        raise ConfigError("replan", f"unknown keys {sorted(unknown)}")
-    try:
-        return ReplanOptions(**kwargs)
-    except ConfigError as exc:
-        raise rekey(exc, "replan") from None
+    """``ReplanOptions`` from a ``replan`` node (``None``: defaults), built by ``common.config.build``;
+    errors name ``replan.<key>``."""
+    return ReplanOptions() if cfg is None else build(dict(cfg) | {"_target_": TARGET}, "replan")
