@@ -100,6 +100,9 @@ def run_experiment(
     run_logger.capture_logs()
     try:
         record = _execute(cfg, suite, body, out_dir, run_logger, chash)
+    except KeyboardInterrupt:
+        run_logger.finish("interrupted")
+        raise
     except BaseException:
         run_logger.finish("failed")
         raise

@@ -13,6 +13,7 @@ import contextlib
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -99,6 +100,20 @@ def highs_model(prob: pulp.LpProblem, warm: bool) -> tuple[_HighsModel, list[pul
     return model, variables
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process while the block runs (main thread only; elsewhere a no-op), so that a
+    child started in it inherits the ignored disposition from its first instruction."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _HighsWorker:
     """A child process that runs HiGHS solves (``worker_main``) and answers through a pipe."""
 
@@ -106,7 +121,8 @@ class _HighsWorker:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=worker_main, args=(child,), daemon=True, name="highs-worker")
-        self.proc.start()
+        with _sigint_ignored():  # the child starts with SIGINT ignored (kept across exec), before any import
+            self.proc.start()
         child.close()
 
     def alive(self) -> bool:
@@ -193,6 +209,9 @@ def run_guarded(payload: dict, deadline: float) -> _GuardedRun:
                     return _GuardedRun(msg[1], incumbent, bound, time.monotonic() - t0)
                 elif msg[0] == "error":
                     raise RuntimeError(f"HiGHS failed in its worker process: {msg[1]}")
+        except KeyboardInterrupt:
+            _drop_worker(worker)  # the worker ignores SIGINT: end it here, then let the run stop
+            raise
         except (EOFError, OSError) as exc:
             code = worker.proc.exitcode
             _drop_worker(worker)
@@ -202,8 +221,12 @@ def run_guarded(payload: dict, deadline: float) -> _GuardedRun:
 def worker_main(conn: Connection) -> None:
     """The worker process: answer ``("solve", payload)`` requests on ``conn`` until ``("stop", _)`` or EOF.
 
-    HiGHS's own log (``msg``) goes to stderr, with the suite's other diagnostics.
+    HiGHS's own log (``msg``) goes to stderr, with the suite's other diagnostics. The worker ignores
+    SIGINT: Ctrl-C reaches the whole process group, and the parent, which gets it too, ends the worker and
+    prints the run's one line (a worker that died of it printed its own traceback, or the parent saw a dead
+    worker instead of the interrupt and carried on).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.dup2(2, 1)
     while True:
         try:
