@@ -101,11 +101,24 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def seed_gains(none: pd.DataFrame, arm: pd.DataFrame, col: str) -> list[float]:
+    """``arm`` minus ``none`` in column ``col`` (points: 100 x the fractions) on every seed both have, in
+    seed order."""
+    a, b = none.set_index("seed"), arm.set_index("seed")
+    return [100 * (b.at[s, col] - a.at[s, col]) for s in sorted(set(a.index) & set(b.index))]
+
+
+def fl_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """``records_frame`` of the ``mode=fl`` records only (empty when there is none)."""
+    frame = records_frame(records)
+    return frame[frame["mode"] == "fl"] if not frame.empty else frame
+
+
 def _pairs(none: pd.DataFrame, arm: pd.DataFrame) -> dict[str, Any]:
     """Gains of ``arm`` over ``none`` on the seeds both have, and per-client wins/losses (same client)."""
     a, b = none.set_index("seed"), arm.set_index("seed")
     seeds = sorted(set(a.index) & set(b.index))
-    gains = [100 * (b.at[s, "acc"] - a.at[s, "acc"]) for s in seeds]
+    gains = seed_gains(none, arm, "acc")
     diffs = [y - x for s in seeds for x, y in zip(a.at[s, "clients"], b.at[s, "clients"], strict=False)]
     g_mean, g_std = mean_std(gains)
     out = {"gain_pts_mean": g_mean, "gain_pts_std": g_std, "seeds_paired": len(seeds),
@@ -231,8 +244,7 @@ def fl_paper_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     final accuracy (%) per domain and their unweighted average (mean over seeds; ``avg_std``), overall
     accuracy, seeds, ``degraded`` (runs labelled ``status=degraded``: a round below ``fl.min_reply_fraction``),
     and ``paper_avg`` / ``paper_source``. Empty when no ``mode=fl`` record."""
-    frame = records_frame(records)
-    frame = frame[frame["mode"] == "fl"] if not frame.empty else frame
+    frame = fl_frame(records)
     if frame.empty:
         return pd.DataFrame()
     doms = domain_columns(frame)
@@ -279,19 +291,16 @@ def domain_win_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """``mode=fl``: per (dataset, setting, strategy, budget, arm, test domain), GGEUR's gain over
     ``augment=none`` of the same setting, strategy, budget and seed in that domain's final accuracy: mean
     gain (points) and how many seeds won, lost and tied. Empty without paired runs."""
-    frame = records_frame(records)
-    frame = frame[frame["mode"] == "fl"] if not frame.empty else frame
+    frame = fl_frame(records)
     if frame.empty:
         return pd.DataFrame()
     keys = ["dataset", "partition", "setting", "strategy", "budget"]
     rows = []
     for key, cell in frame.groupby(keys, sort=True):
-        base = cell[cell["arm"] == "none"].set_index("seed")
+        base = cell[cell["arm"] == "none"]
         for arm, sub in cell[cell["arm"] != "none"].groupby("arm", sort=True):
-            sub = sub.set_index("seed")
-            seeds = sorted(set(base.index) & set(sub.index))
             for col in [c for c in domain_columns(cell) if cell[c].notna().all()]:
-                gains = [100 * (sub.at[s, col] - base.at[s, col]) for s in seeds]
+                gains = seed_gains(base, sub, col)
                 if gains:
                     rows.append(dict(zip(keys, key, strict=True)) | {
                         "arm": arm, "domain": col.removeprefix("acc_").removesuffix("_final"),
@@ -303,8 +312,7 @@ def domain_win_rows(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 def fl_round_plot(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path | None:
     """Global test accuracy per round (mean ± std over seeds, one line per setting, strategy and arm)."""
-    frame = records_frame(records)
-    frame = frame[frame["mode"] == "fl"] if not frame.empty else frame
+    frame = fl_frame(records)
     if frame.empty:
         return None
     curves = {}

@@ -61,14 +61,15 @@ def best_permutation(shared: np.ndarray, ranks_per_node: int) -> np.ndarray:
 def relabel(new: Placement, old: Placement, ranks_per_node: int) -> Placement:
     """``new`` with its GPUs renumbered (one node-preserving permutation for every layer) to keep the most
     copies where ``old`` has them; ``info`` gains ``relabelled_kept`` (copies kept in place)."""
-    perm = best_permutation(shared_copies(old, new), ranks_per_node)
+    shared = shared_copies(old, new)
+    perm = best_permutation(shared, ranks_per_node)
     layers = []
     for layer in new.assignment:
         out: list[list[int]] = [[] for _ in layer]
         for b, experts in enumerate(layer):
             out[perm[b]] = list(experts)
         layers.append(out)
-    kept = int(shared_copies(old, new)[perm, np.arange(len(perm))].sum())
+    kept = int(shared[perm, np.arange(len(perm))].sum())
     return Placement(layers, new.num_experts, new.name, {**new.info, "relabelled_kept": kept})
 
 

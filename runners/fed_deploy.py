@@ -247,7 +247,7 @@ def body(ctx: RunContext) -> RunOutput:
     if ctx.config.get("mode") != "fl":
         raise SuiteError("runners.fed_deploy runs mode=fl only")
     parts = build_parts(ctx)
-    fl = build(ctx.config["fl"], "fl")
+    fl = parts["fl"]
     check_clients(fl.fault_list, len(parts["clients"]))
     work = ctx.artifact("deploy")
     plan, source = checkpoint_plan(ctx, fl, work)
@@ -257,8 +257,8 @@ def body(ctx: RunContext) -> RunOutput:
     t0 = time.perf_counter()
     res = run_deployment(work, len(parts["clients"]), link_port, limit, ctx.log)
     sink = RunSink(rounds=res["rounds"], exchange=res["exchange"], failures=res["failures"],
-                   counts=res["counts"], resumed_round=res["resumed_round"], train=res.get("train", []),
-                   lr_search=res.get("lr_search", {}))  # fmt: skip
+                   counts=res["counts"], resumed_round=res["resumed_round"], train=res["train"],
+                   lr_search=res["lr_search"])  # fmt: skip
     for f in sink.failures:
         ctx.logger.event("client_failure", detail=f)
     for c in sink.counts:

@@ -100,21 +100,25 @@ def _normalized_client(msg: Message, setup: Setup, data_dir: str, k: int) -> Cli
     return ClientData(_normalizer(msg.content, setup.normalize)(raw.features), raw.labels, raw.domains)
 
 
+def local_opts(setup: Setup, lr: float, seed: int) -> LocalOpts:
+    """The run's local SGD settings (budget ``fl.local_budget``, batch, momentum) at ``lr``, batch order
+    ``seed``."""
+    fl = setup.fl
+    return LocalOpts(fl.local_epochs, setup.train.batch_size, lr, fl.momentum, seed, fl.steps_per_round)
+
+
 def train_opts(setup: Setup, k: int, msg: Message) -> LocalOpts:
     """Client ``k``'s local SGD settings for the round of ``msg``: the run's budget (``fl.local_budget``)
     and the learning rate the server sent (``lr``, after a search) or ``fl.lr``."""
     config = msg.content["config"]
-    rnd = int(config["server-round"])
     lr = float(config["lr"]) if "lr" in config else setup.fl.lr
-    return LocalOpts(setup.fl.local_epochs, setup.train.batch_size, lr, setup.fl.momentum,
-                     derive_seed(setup.seed, "local", k, rnd), setup.fl.steps_per_round)  # fmt: skip
+    return local_opts(setup, lr, derive_seed(setup.seed, "local", k, int(config["server-round"])))
 
 
 def search_on_client(setup: Setup, k: int, data: ClientData, msg: Message) -> tuple[np.ndarray, int]:
     """Client ``k``'s held-out losses ``[L]`` for the candidates of ``fl.lr_candidates``, from the initial
     global parameters in ``msg`` (``fedgeo.fl.lr_search``)."""
-    opts = LocalOpts(setup.fl.local_epochs, setup.train.batch_size, setup.fl.lr, setup.fl.momentum, 0,
-                     setup.fl.steps_per_round)  # fmt: skip
+    opts = local_opts(setup, setup.fl.lr, 0)  # lr and seed are replaced per candidate and round
     return candidate_losses(
         lambda: setup.model.make(setup.dim, setup.num_classes, seed=0), from_record(msg.content["arrays"]),
         data.features, data.labels, setup.fl.lr_candidates, opts, setup.fl.lr_search_rounds,

@@ -64,11 +64,12 @@ def candidate_losses(
     tr, ho = holdout_split(len(y), seed)
     if ho.size == 0:
         return np.full(len(candidates), np.nan), 0
+    X_tr, y_tr = X[tr], y[tr]
     out = np.empty(len(candidates))
     for i, lr in enumerate(candidates):
         model = set_params(make_model(), init)
         for r in range(rounds):
-            local_sgd(model, X[tr], y[tr], replace(opts, lr=float(lr), seed=derive_seed(seed, "round", r)))
+            local_sgd(model, X_tr, y_tr, replace(opts, lr=float(lr), seed=derive_seed(seed, "round", r)))
         loss = mean_loss(model, X[ho], y[ho])
         out[i] = loss if np.isfinite(loss) else np.inf
     return out, int(ho.size)

@@ -285,5 +285,5 @@ def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink, model: 
             sink.on_round(rnd, ev)
         return MetricRecord({k: float(v) for k, v in ev.items()})
 
-    initial = to_record({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+    initial = to_record(get_params(model))
     run_rounds(grid, strat, initial, fl, evaluate_fn, sink, plan, {"lr": float(lr)})
