@@ -3,8 +3,8 @@
 ``python -m benchmarks.placement_compare TRACE TOPOLOGY SEED PLACEMENTS [overrides...]``, e.g.
 ``python -m benchmarks.placement_compare deepseek_v2_lite paper_multi_node 0 contiguous,exflow,moetuner_plus``.
 Composes ``conf/moe.yaml`` with ``trace.max_tokens=60000 eval.batch_tokens=2048`` (the quick presets'
-setting), caps every placement's time at ``CAP`` seconds (environment, default 10, as
-``placement_time_limit_s``), runs each on the same profile / evaluation split and prints one line each.
+setting), gives every placement ``CAP`` seconds (environment, default 10, as the presets'
+``placement.time_limit_s``), runs each on the same profile / evaluation split and prints one line each.
 """
 
 from __future__ import annotations
@@ -28,12 +28,17 @@ from runners.hydra_entry import CONF_DIR
 
 
 def _configs(trace: str, topo: str, seed: int, placements: list[str], extra: list[str]) -> tuple[dict, dict]:
+    cap = float(os.environ.get("CAP", "10"))
     base = [f"trace={trace}", f"topology={topo}", "trace.max_tokens=60000", "eval.batch_tokens=2048"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="moe", overrides=[*base, f"seed={seed}", *extra])
         pcfgs = {
             p: OmegaConf.to_container(
-                compose(config_name="moe", overrides=[f"placement={p}", f"topology={topo}"]), resolve=True
+                compose(
+                    config_name="moe",
+                    overrides=[f"placement={p}", f"topology={topo}", f"placement.time_limit_s={cap}"],
+                ),
+                resolve=True,
             )["placement"]
             for p in placements
         }
@@ -55,7 +60,7 @@ def main(argv: list[str]) -> None:
     )  # fmt: skip
     base = None
     for name in placements:
-        placer = build(pcfgs[name], "placement").with_time_cap(float(os.environ.get("CAP", "10")))
+        placer = build(pcfgs[name], "placement")
         t0 = time.perf_counter()
         pl = placer.place(problem)
         dt = time.perf_counter() - t0

@@ -54,15 +54,6 @@ REDUCTION_METRICS = (
 )
 
 
-def make_placer(cfg: Mapping[str, Any]) -> Placer:
-    """The ``placement`` node as a ``Placer``, its time budget capped by ``placement_time_limit_s``.
-
-    The cap lets a sweep over all placements (``experiment=moetuner_*``) bound every solver's budget with one
-    top-level key without giving the other placements an option they lack.
-    """
-    return build_placer(cfg.get("placement"), cfg.get("placement_time_limit_s"))
-
-
 def place_and_time(placer: Placer, problem: PlacementProblem) -> tuple[Placement, float]:
     """Run one placement algorithm; returns it and its wall-clock seconds."""
     t0 = time.perf_counter()
@@ -118,7 +109,7 @@ def run(ctx: RunContext) -> RunOutput:
     source = trace_source(cfg["trace"])
     topology = source.topology_for(topology_from_config(cfg.get("topology")))
     options = eval_options_from_config(cfg.get("eval"))
-    placer = make_placer(cfg)
+    placer = build_placer(cfg.get("placement"))
     profile, evaluation = source.profile_and_evaluation(ctx.seed)
     problem = profiled_problem(profile, evaluation, topology, options, ctx.seed)
 

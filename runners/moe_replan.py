@@ -29,6 +29,7 @@ from common.experiment import RunContext, RunOutput
 from moe.cost_model import EvalOptions, eval_options_from_config, evaluate_placement
 from moe.migration import expert_weight_bytes, migration
 from moe.placement.base import Placement
+from moe.placement.placer import build_placer
 from moe.placement.profiled import ProfiledProblem
 from moe.relabel import relabel_chain
 from moe.replan import incremental_step, plan
@@ -37,7 +38,6 @@ from moe.replan_options import ReplanOptions, replan_options
 from moe.topology import Topology, topology_from_config
 from moe.trace import Trace
 from moe.trace_source import trace_source
-from runners.moe_place import make_placer
 
 
 def run(ctx: RunContext) -> RunOutput:
@@ -49,7 +49,7 @@ def run(ctx: RunContext) -> RunOutput:
     opts = replan_options(cfg.get("replan"))
     topology = source.topology_for(topology_from_config(cfg.get("topology")))
     options = eval_options_from_config(cfg.get("eval"))
-    placer = make_placer(cfg)
+    placer = build_placer(cfg.get("placement"))
     expert_bytes = expert_weight_bytes(topology, opts.expert_bytes)
     windows = source.windowed(ctx.seed)
     slot_order = windows[0].slot_order or "unordered"

@@ -74,10 +74,10 @@ FL_DATA = [
 # table; what the engine measured (wall clock on this machine) in the untracked timings table.
 SERVE_METRICS = ["moetuner_model_layer_time_tail_reduction", "paper_moetuner_a2a_time_tail_reduction"]
 SERVE_MEASURED = ["model_rank_agreement", "moetuner_layer_time_tail_reduction", "contiguous_step_time_s"]
-# Full mode: the whole trace, each placement's own solver budget, paper-like batches, five seeds.
+# Full mode: the whole trace, 60 s per placement (MoETuner's default budget), paper-like batches, five seeds.
 MOE_FULL = [
     "trace.max_tokens=null",
-    "placement_time_limit_s=null",
+    "placement.time_limit_s=60",
     "eval.batch_tokens=8192",
     "seed=0,1,2,3,4",
 ]

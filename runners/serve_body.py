@@ -174,7 +174,7 @@ def serve_one(
     seed = int(cfg["seed"])
     placement = broadcast_placement(
         lambda: serve_placement(cfg.get("placement"), cfg.get("placement_file"), s.profile, s.spec.num_layers,
-                                s.topology, seed, cfg.get("placement_time_limit_s"), s.replica_choice),
+                                s.topology, seed, s.replica_choice),
         dctx,
     )  # fmt: skip
     meas = measure_placement(s, placement, dctx, seed)

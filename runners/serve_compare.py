@@ -66,7 +66,6 @@ def pick_best(s: ServeSetup, candidates: Mapping[str, Any], cfg: Mapping[str, An
             layers,
             s.topology,
             int(cfg["seed"]),
-            cfg.get("placement_time_limit_s"),
             s.replica_choice,
         )
         t = model_report(s.profile.experts[:, :layers], p, s.topology, n, s.replica_choice).summary()[
@@ -136,7 +135,7 @@ def compare_one(
     seed, layers = int(cfg["seed"]), s.spec.num_layers
     makers: list[Any] = [
         (lambda pc=pc, lb=lb: _named(serve_placement(pc, None, s.profile, layers, s.topology, seed,
-                                                      cfg.get("placement_time_limit_s"), s.replica_choice), lb))
+                                                      s.replica_choice), lb))
         for lb, pc in placements.items()
     ]  # fmt: skip
     if comp.get("candidates"):

@@ -29,16 +29,15 @@ def make_placement(
     layers: int,
     topology: Topology,
     seed: int,
-    time_cap_s: float | None,
     replica_choice: str = "even",
 ) -> Placement:
     """The ``placement`` config node built as a ``Placer`` and run on the first ``layers`` layers of the
-    profiling trace; its ``time_limit_s`` (if any) capped at ``time_cap_s``. Named by its table label.
+    profiling trace (within the placement's own ``time_limit_s``). Named by its table label.
 
     Placements that search the cost model (``moetuner_plus``) see the engine's replay rules: tokens return
     home after every layer, replicas chosen by ``replica_choice``.
     """
-    placer = build_placer(placement_cfg, time_cap_s)
+    placer = build_placer(placement_cfg)
     options = EvalOptions(token_movement="home", replica_choice=replica_choice)
     slot_order = profile.slot_order or "unordered"
     problem = ProfiledProblem.from_trace(
@@ -87,13 +86,12 @@ def serve_placement(
     layers: int,
     topology: Topology,
     seed: int,
-    time_cap_s: float | None = None,
     replica_choice: str = "even",
 ) -> Placement:
     """The placement of the first ``layers`` layers: from ``placement_file`` if set, else from the config."""
     if placement_file:
         return truncate(load_file(placement_file), layers)
-    return make_placement(placement_cfg, profile, layers, topology, seed, time_cap_s, replica_choice)
+    return make_placement(placement_cfg, profile, layers, topology, seed, replica_choice)
 
 
 def truncate(placement: Placement, layers: int) -> Placement:

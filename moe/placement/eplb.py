@@ -211,6 +211,7 @@ class EPLB(Placer):
     hierarchical: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the time budget
         if (
             isinstance(self.num_redundant, bool)
             or not isinstance(self.num_redundant, int)

@@ -17,7 +17,6 @@ the gap of either solver provable.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +28,7 @@ from common.errors import ConfigError, InputError
 from moe.placement import milp
 from moe.placement.base import Placement
 from moe.placement.checks import check_counts, check_nodes, check_pairs
+from moe.placement.deadline import Deadline
 from moe.placement.placer import PlacementProblem, Placer
 
 METHODS = ("auto", "ilp", "sweeps")
@@ -43,7 +43,9 @@ def _assign(gain: np.ndarray, cap: int) -> np.ndarray:
     return out
 
 
-def _sweeps(pairs: np.ndarray, members: list[np.ndarray], parts: int, deadline: float, max_sweeps: int = 10):
+def _sweeps(
+    pairs: np.ndarray, members: list[np.ndarray], parts: int, deadline: Deadline, max_sweeps: int = 10
+):
     """Coordinate ascent on the part of each member expert, layer by layer (see module docstring).
 
     Args:
@@ -75,7 +77,7 @@ def _sweeps(pairs: np.ndarray, members: list[np.ndarray], parts: int, deadline: 
         part[li] = _assign(sub.T @ np.eye(parts)[part[li - 1]], cap)
     done = 0
     for _ in range(max_sweeps):
-        if time.monotonic() > deadline:
+        if deadline.expired():
             break
         done += 1
         changed = False
@@ -92,8 +94,8 @@ def _sweeps(pairs: np.ndarray, members: list[np.ndarray], parts: int, deadline: 
 
 
 def _ilp(pairs, members, parts, options, deadline, warm):
-    """The joint integer program over all layers, solved by ``deadline`` (``time.monotonic`` seconds; model
-    building included); returns (part or None, SolveResult)."""
+    """The joint integer program over all layers, solved by ``deadline`` (a ``Deadline``; model building
+    included); returns (part or None, SolveResult)."""
     num_layers = len(members)
     n = members[0].size
     cap = n // parts
@@ -123,8 +125,7 @@ def _ilp(pairs, members, parts, options, deadline, warm):
             prob += pulp.lpSum(x[li, i, g] for i in range(n)) == cap
     for (li, i, g), var in x.items():
         var.setInitialValue(1 if warm[li, i] == g else 0)
-    left = max(0.05, deadline - time.monotonic())
-    res = milp.solve(prob, options, time_limit_s=left, warm_start=True, deadline=deadline)
+    res = milp.solve(prob, options, deadline, warm_start=True)
     if not res.has_solution:
         return None, res
     part = np.full((num_layers, n), -1, dtype=np.int64)
@@ -174,7 +175,7 @@ class _Run:
     levels: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def level(self, members: list[np.ndarray], parts: int, budget_end: float) -> np.ndarray:
+    def level(self, members: list[np.ndarray], parts: int, budget_end: Deadline) -> np.ndarray:
         """Partition each layer's ``members`` into ``parts`` equal parts by sweeps, then the ILP if it fits."""
         r = self.r
         part, sweeps = _sweeps(r, members, parts, budget_end)
@@ -198,7 +199,7 @@ class _Run:
         self.levels.append(rep)
         return part
 
-    def info(self, gpu_of: np.ndarray, per_gpu: int, t0: float, hierarchical: bool) -> dict:
+    def info(self, gpu_of: np.ndarray, per_gpu: int, budget: Deadline, hierarchical: bool) -> dict:
         """The placement's report: cross-GPU pair fraction as objective, its bound and gap, status, levels."""
         r = self.r
         total = float(r.sum())
@@ -209,11 +210,11 @@ class _Run:
         bound = min(obj, bound_cross / total) if total else 0.0
         gap = milp.relative_gap(obj, bound)
         return {
-            "status": milp.placement_status(gap, self.opts.gap, t0 + self.opts.time_limit_s),
+            "status": milp.placement_status(gap, self.opts.gap, budget),
             "objective": obj,
             "bound": bound,
             "gap": gap,
-            "solve_time_s": round(time.monotonic() - t0, 6),
+            "solve_time_s": round(budget.elapsed(), 6),
             "size": next((lv.get("size") for lv in self.levels if lv.get("size")), None),
             "levels": self.levels,
             "hierarchical": hierarchical,
@@ -228,6 +229,7 @@ def exflow(
     method: str = "auto",
     options: milp.SolverOptions | None = None,
     max_vars: int = 20000,
+    deadline: Deadline | None = None,
 ) -> Placement:
     """Place experts to minimise cross-GPU consecutive-layer pairs.
 
@@ -236,8 +238,9 @@ def exflow(
         num_gpus: G (must divide E). gpus_per_node: GPUs per node; more than one node = hierarchical.
         method: ``ilp`` (joint program, falls back to sweeps when larger than ``max_vars``), ``sweeps``, or
             ``auto`` (= ``ilp``).
-        options: solver settings; ``time_limit_s`` is the budget of the whole placement.
+        options: solver settings.
         max_vars: largest joint program (variables) attempted.
+        deadline: the budget of the whole placement (default: 30 s from the call).
 
     Returns:
         A placement named ``exflow``; ``info``: status, objective (cross-GPU pair fraction), bound, gap,
@@ -253,22 +256,21 @@ def exflow(
     nodes = check_nodes(num_gpus, gpus_per_node)
     if method not in METHODS:
         raise ConfigError("method", f"expected one of {list(METHODS)}, got {method!r}")
-    opts = options or milp.SolverOptions(time_limit_s=30.0)
-    t0 = time.monotonic()
+    opts = options or milp.SolverOptions()
+    budget = deadline or Deadline.after(30.0)
     run = _Run(r, method, max_vars, opts)
     all_experts = [np.arange(e) for _ in range(num_layers)]
     if nodes > 1:
-        node_of = run.level(all_experts, nodes, t0 + 0.5 * opts.time_limit_s)
+        node_of = run.level(all_experts, nodes, budget.fraction(0.5))
         gpu_of = np.empty((num_layers, e), dtype=np.int64)
         for n in range(nodes):
             members = [np.flatnonzero(node_of[li] == n) for li in range(num_layers)]
-            end = t0 + opts.time_limit_s * (0.5 + 0.5 * (n + 1) / nodes)
-            local = run.level(members, gpus_per_node, end)
+            local = run.level(members, gpus_per_node, budget.fraction(0.5 + 0.5 * (n + 1) / nodes))
             for li in range(num_layers):
                 gpu_of[li, members[li]] = n * gpus_per_node + local[li]
     else:
-        gpu_of = run.level(all_experts, num_gpus, t0 + opts.time_limit_s)
-    info = run.info(gpu_of, per_gpu, t0, nodes > 1)
+        gpu_of = run.level(all_experts, num_gpus, budget)
+    info = run.info(gpu_of, per_gpu, budget, nodes > 1)
     return Placement.from_expert_to_gpu(gpu_of, num_gpus, name="exflow", info=info)
 
 
@@ -280,8 +282,8 @@ class ExFlow(Placer):
     Attributes:
         method: ``auto`` / ``ilp`` / ``sweeps`` (see ``exflow``).
         max_vars: largest joint integer program attempted.
-        solver, gap, time_limit_s, threads, msg: see ``milp.SolverOptions``; ``time_limit_s`` is the budget
-            of the whole placement.
+        time_limit_s: the budget of the whole placement, seconds.
+        solver, gap, threads, msg: see ``milp.SolverOptions``.
     """
 
     name = "exflow"
@@ -294,12 +296,13 @@ class ExFlow(Placer):
     msg: bool = False
 
     def __post_init__(self) -> None:
-        self.solver_options()  # validates solver, gap, time limit, threads
+        super().__post_init__()  # the time budget
+        self.solver_options()  # validates solver, gap, threads
         if self.method not in METHODS:
             raise ConfigError("method", f"expected one of {list(METHODS)}, got {self.method!r}")
 
     def solver_options(self) -> milp.SolverOptions:
-        return milp.SolverOptions(self.solver, self.gap, self.time_limit_s, self.threads, self.msg)
+        return milp.SolverOptions(self.solver, self.gap, self.threads, self.msg)
 
     def place(self, problem: PlacementProblem) -> Placement:
         return exflow(
@@ -309,4 +312,5 @@ class ExFlow(Placer):
             method=self.method,
             options=self.solver_options(),
             max_vars=self.max_vars,
+            deadline=Deadline.after(self.time_limit_s),
         )

@@ -113,6 +113,7 @@ class Grace(Placer):
     node_weight: float = 0.5
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the time budget
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 0:
             raise ConfigError("replicas", f"expected a non-negative integer, got {self.replicas!r}")
         for key in ("load_slack", "node_weight"):

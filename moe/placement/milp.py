@@ -22,6 +22,7 @@ import pulp
 
 from common.errors import ConfigError
 from common.log import get_logger
+from moe.placement.deadline import Deadline
 from moe.placement.highs_worker import GUARD_GRACE_S, highs_model, run_guarded
 from moe.placement.solve_status import FEASIBLE, INFEASIBLE, NO_SOLUTION, OPTIMAL, TIME_LIMIT
 
@@ -36,7 +37,6 @@ class SolverOptions:
         solver: ``highs`` or ``cbc``.
         gap: relative gap at which the solver stops, ``(objective - bound) / |objective|`` (0.025 = 2.5%,
             the paper's).
-        time_limit_s: wall-clock seconds per solve (> 0); the solver returns its best solution at the limit.
         threads: solver threads (>= 1).
         msg: show the solver's log on the console.
         abs_gap: optional absolute gap (objective units) at which the solver also stops.
@@ -44,7 +44,6 @@ class SolverOptions:
 
     solver: str = "highs"
     gap: float = 0.025
-    time_limit_s: float = 60.0
     threads: int = 1
     msg: bool = False
     abs_gap: float | None = None
@@ -54,10 +53,6 @@ class SolverOptions:
             raise ConfigError("solver", f"expected one of {list(SOLVERS)}, got {self.solver!r}")
         if not isinstance(self.gap, int | float) or not 0.0 <= float(self.gap) < 1.0:
             raise ConfigError("gap", f"expected a relative gap in [0, 1), got {self.gap!r}")
-        if not isinstance(self.time_limit_s, int | float) or not float(self.time_limit_s) > 0:
-            raise ConfigError(
-                "time_limit_s", f"expected a positive number of seconds, got {self.time_limit_s!r}"
-            )
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError("threads", f"expected a positive integer, got {self.threads!r}")
 
@@ -104,13 +99,13 @@ _SEVERITY = {OPTIMAL: 0, FEASIBLE: 1, "heuristic": 1, TIME_LIMIT: 2}
 
 
 def placement_status(
-    gap: float | None, requested_gap: float, deadline: float, constraints_met: bool = True
+    gap: float | None, requested_gap: float, deadline: Deadline, constraints_met: bool = True
 ) -> str:
     """Status of a whole placement: ``optimal`` (proved within ``requested_gap``, every constraint met),
-    ``time_limit`` (its budget ran out, ``time.monotonic() >= deadline``), else ``feasible``."""
+    ``time_limit`` (its budget ran out: ``deadline`` has expired), else ``feasible``."""
     if gap is not None and gap <= requested_gap and constraints_met:
         return OPTIMAL
-    return TIME_LIMIT if time.monotonic() >= deadline else FEASIBLE
+    return TIME_LIMIT if deadline.expired() else FEASIBLE
 
 
 def worst_status(*statuses: str) -> str:
@@ -156,32 +151,24 @@ _PULP_STATUS = {
 
 
 def solve(
-    prob: pulp.LpProblem,
-    options: SolverOptions,
-    time_limit_s: float | None = None,
-    warm_start: bool = False,
-    deadline: float | None = None,
+    prob: pulp.LpProblem, options: SolverOptions, deadline: Deadline, warm_start: bool = False
 ) -> SolveResult:
     """Solve a minimisation ``prob`` in place (variables get their values) and report how it went.
 
     Args:
         prob: a PuLP minimisation problem.
-        options: solver, gap, time limit, threads, messages.
-        time_limit_s: overrides ``options.time_limit_s`` (a budget left over from earlier solves).
+        options: solver, gap, threads, messages.
+        deadline: stop by its ``end`` (the caller's budget, so that time spent building the model counts);
+            at least 0.05 s is always given. HiGHS is stopped within ``GUARD_GRACE_S`` of it whatever phase
+            it is in; the solver returns its best solution at the limit.
         warm_start: start from the variables' current values (``var.setInitialValue``); both solvers.
-        deadline: also stop by this ``time.monotonic()`` instant (the caller's whole budget, so that time
-            spent building the model counts); the earlier of the two limits holds, but at least 0.05 s is
-            always given. HiGHS is stopped within ``GUARD_GRACE_S`` of it whatever phase it is in.
 
     Returns:
         A ``SolveResult``; on ``TIME_LIMIT``/``OPTIMAL`` the variables hold the best solution found.
     """
     if prob.sense != pulp.LpMinimize:
         raise ValueError("milp.solve: only minimisation problems")
-    now = time.monotonic()
-    limit = float(options.time_limit_s if time_limit_s is None else time_limit_s)
-    end = now + limit if deadline is None else min(now + limit, float(deadline))
-    end = max(end, now + 0.05)
+    end = deadline.at_least(0.05).end
     size = problem_size(prob)
     if options.solver == "highs":
         res = _solve_highs(prob, options, end, warm_start, size)

@@ -5,7 +5,6 @@ formulations and docs/placement.md for what goes beyond the paper.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -20,6 +19,7 @@ from moe.placement import moetuner_stage1 as stage1
 from moe.placement import moetuner_stage2 as stage2
 from moe.placement.base import Placement
 from moe.placement.checks import check_bandwidth, check_counts, check_load, check_pairs
+from moe.placement.deadline import Deadline
 from moe.placement.placer import PlacementProblem, Placer
 from moe.placement.replicas import add_hot_replicas
 
@@ -32,8 +32,8 @@ class MoETuner(Placer):
     """MoETuner's settings; ``place`` runs it.
 
     Attributes:
-        solver, gap, threads, msg: see ``milp.SolverOptions`` (gap 0.025 is the paper's).
         time_limit_s: wall budget for the whole placement (both stages; Python model building included).
+        solver, gap, threads, msg: see ``milp.SolverOptions`` (gap 0.025 is the paper's).
         stage1_abs_tol: stage 1 also counts a layer as solved when its imbalance is within this fraction of
             the layer's tokens of the bound (0 = only the relative gap, as the paper).
         stage1_time_share: part of the budget stage 1 may use (split evenly over the layers still to solve).
@@ -60,7 +60,8 @@ class MoETuner(Placer):
     replicas: int = 0
 
     def __post_init__(self) -> None:
-        self.solver_options()  # validates solver, gap, time limit, threads
+        super().__post_init__()  # the time budget
+        self.solver_options()  # validates solver, gap, threads
         if self.stage2 not in STAGE2_METHODS:
             raise ConfigError("stage2", f"expected one of {list(STAGE2_METHODS)}, got {self.stage2!r}")
         if not isinstance(self.stage1_abs_tol, int | float) or not 0 <= self.stage1_abs_tol < 1:
@@ -86,7 +87,6 @@ class MoETuner(Placer):
         return milp.SolverOptions(
             solver=self.solver,
             gap=self.gap,
-            time_limit_s=self.time_limit_s,
             threads=self.threads,
             msg=self.msg,
         )
@@ -101,21 +101,20 @@ class MoETuner(Placer):
 
 
 def stage1_all(
-    load: np.ndarray, num_gpus: int, options: MoETuner, time_limit_s: float
+    load: np.ndarray, num_gpus: int, options: MoETuner, deadline: Deadline
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Stage 1 for every layer within ``time_limit_s`` in total.
+    """Stage 1 for every layer by ``deadline``, each layer an equal share of the time left.
 
     Returns ``cluster_of`` int64 ``[L, E]`` and a report: per-layer lists (status, objective, bound, gap,
     solve_time_s) and totals.
     """
     num_layers = load.shape[0]
     solver = options.solver_options()
-    deadline = time.monotonic() + time_limit_s
     rows, reps = [], []
     for li in track(range(num_layers), total=num_layers, description="moetuner stage 1"):
-        left = max(0.0, deadline - time.monotonic())
+        layer_deadline = deadline.share_of_left(1.0 / (num_layers - li))
         res = stage1.solve_layer(
-            load[li], num_gpus, options.equal_size, solver, left / (num_layers - li), options.stage1_abs_tol
+            load[li], num_gpus, options.equal_size, solver, layer_deadline, options.stage1_abs_tol
         )
         rows.append(res.cluster_of)
         reps.append(res.report)
@@ -189,17 +188,16 @@ def moetuner(
     r = check_pairs(pairs, num_layers, num_experts)
     check_counts(num_layers, num_experts, g, equal=opts.equal_size)
     log = get_logger("moe.placement.moetuner")
-    t0 = time.monotonic()
-    cluster_of, rep1 = stage1_all(p, g, opts, opts.stage1_time_share * opts.time_limit_s)
+    budget = Deadline.after(opts.time_limit_s)
+    cluster_of, rep1 = stage1_all(p, g, opts, budget.fraction(opts.stage1_time_share))
     log.info(
         f"stage 1: {num_layers} layers, imbalance {rep1['objective']:.1f} tokens, gap {rep1['gap']}, "
-        f"{time.monotonic() - t0:.1f} s"
+        f"{budget.elapsed():.1f} s"
     )
     ctraffic = stage2.cluster_traffic(r, cluster_of, g)
     sizes = np.stack([np.bincount(row, minlength=g) for row in cluster_of])
-    left = max(0.05, opts.time_limit_s - (time.monotonic() - t0))
     problem2 = stage2.Stage2Problem(ctraffic, sizes, b, opts.solver_options())
-    res2 = stage2.solve(problem2, opts.stage2, left, opts.max_joint_vars, seed)
+    res2 = stage2.solve(problem2, opts.stage2, budget.at_least(0.05), opts.max_joint_vars, seed)
     rep2 = res2.report
     log.info(
         f"stage 2 ({rep2['method']}): objective {rep2['objective']:.4g}, bound {rep2['bound']:.4g}, "
@@ -213,7 +211,7 @@ def moetuner(
         notes.append(
             f"replicas: {int(added.sum())} hot-expert copies added ({opts.replicas} per layer allowed)"
         )
-    info = _info(opts, rep1, rep2, notes, time.monotonic() - t0)
+    info = _info(opts, rep1, rep2, notes, budget.elapsed())
     try:
         return Placement(assignment, num_experts=num_experts, name="moetuner", info=info)
     except InputError as exc:  # a bug here, not the user's input

@@ -19,7 +19,6 @@ candidates and, separately, the search, and a search that hits its cap reports s
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from common.errors import ConfigError, InputError
 from common.log import get_logger
 from moe.cost_model import EvalOptions, LayerModel
 from moe.placement.base import Placement
+from moe.placement.deadline import Deadline
 from moe.placement.eplb import eplb
 from moe.placement.exflow import ExFlow
 from moe.placement.grace import grace
@@ -136,7 +136,7 @@ def local_search(
     sweeps: int,
     random_moves: int,
     seed: int,
-    deadline: float,
+    deadline: Deadline,
 ) -> tuple[Placement, dict]:
     """Improve ``start`` move by move on ``model`` (see the module docstring); returns it and a report."""
     times, src = model.forward(start.assignment)
@@ -148,7 +148,7 @@ def local_search(
     for _ in range(sweeps):
         for li in range(num_layers):
             for cand in candidate_moves(st.layers[li], load[li], rng, random_moves):
-                if time.monotonic() > deadline:
+                if deadline.expired():
                     break
                 tried += 1
                 t_l, nxt = model.time(li, cand, st.src[li])
@@ -166,10 +166,11 @@ def local_search(
     return Placement(st.layers, num_experts=start.num_experts, name="moetuner_plus"), report
 
 
-def _candidates(problem: PlacementProblem, opts: MoETunerPlus, deadline: float) -> dict[str, Placement]:
-    """The starting placements with ``opts.replicas`` extra slots per layer (EPLB only when it fits)."""
+def _candidates(problem: PlacementProblem, opts: MoETunerPlus, deadline: Deadline) -> dict[str, Placement]:
+    """The starting placements with ``opts.replicas`` extra slots per layer (EPLB only when it fits), by
+    ``deadline`` (each solver candidate a ``moetuner_share`` of it, at least 0.5 s)."""
     g = problem.num_gpus
-    left = max(0.5, deadline - time.monotonic())
+    left = max(0.5, deadline.left())
     mt = MoETuner(
         time_limit_s=opts.moetuner_share * left, replicas=opts.replicas, max_joint_vars=opts.max_joint_vars
     )
@@ -180,7 +181,7 @@ def _candidates(problem: PlacementProblem, opts: MoETunerPlus, deadline: float) 
         except InputError:
             pass
     out["grace"] = grace(problem, opts.replicas)
-    left = max(0.5, deadline - time.monotonic())
+    left = max(0.5, deadline.left())
     ex = ExFlow(time_limit_s=min(left, opts.moetuner_share * opts.time_limit_s)).place(problem)
     assignment, _ = add_hot_replicas(ex.assignment, problem.load, opts.replicas)
     out["exflow+replicas"] = Placement(assignment, num_experts=problem.num_experts, name="exflow")
@@ -213,6 +214,7 @@ class MoETunerPlus(Placer):
     random_moves: int = 6
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the time budget
         for key, lo in (
             ("replicas", 0),
             ("max_joint_vars", 0),
@@ -223,14 +225,6 @@ class MoETunerPlus(Placer):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(key, f"expected an integer >= {lo}, got {v!r}")
-        if (
-            isinstance(self.time_limit_s, bool)
-            or not isinstance(self.time_limit_s, int | float)
-            or self.time_limit_s <= 0
-        ):
-            raise ConfigError(
-                "time_limit_s", f"expected a positive number of seconds, got {self.time_limit_s!r}"
-            )
         if not isinstance(self.moetuner_share, int | float) or not 0 < self.moetuner_share < 1:
             raise ConfigError("moetuner_share", f"expected a number in (0, 1), got {self.moetuner_share!r}")
 
@@ -240,26 +234,25 @@ class MoETunerPlus(Placer):
                 "moetuner_plus: needs the profiling trace and the topology (a ProfiledProblem, as runners.moe_place "
                 "builds it)"
             )
-        t0 = time.monotonic()
-        deadline = t0 + float(self.time_limit_s)
-        starts = _candidates(problem, self, deadline)
+        budget = Deadline.after(self.time_limit_s)
+        starts = _candidates(problem, self, budget)
         experts = np.asarray(problem.experts)[: self.search_tokens]
         opts = problem.options or EvalOptions()
         model = LayerModel(experts, problem.topology, opts, problem.slot_order, problem.num_experts)
         scores = {k: float(model.forward(p.assignment)[0].sum()) for k, p in starts.items()}
         best = min(scores, key=lambda k: (scores[k], k))
         # The search has its own cap (the candidates may overrun theirs): a move budget, so runs repeat.
-        search_deadline = time.monotonic() + float(self.time_limit_s)
+        search_deadline = Deadline.after(self.time_limit_s)
         placement, report = local_search(
             model, problem.load, starts[best], self.sweeps, self.random_moves, problem.seed, search_deadline
         )
-        status = "time_limit" if time.monotonic() > search_deadline else "heuristic"
+        status = "time_limit" if search_deadline.expired() else "heuristic"
         placement.info = {
             "status": status,
             "start": best,
             "start_profile_times_s": scores,
             "search": report,
-            "solve_time_s": round(time.monotonic() - t0, 6),
+            "solve_time_s": round(budget.elapsed(), 6),
             "notes": [f"started from {best}; {report['moves_kept']} of {report['moves_tried']} moves kept"],
         }
         get_logger("moe.placement.moetuner_plus").info(placement.info["notes"][0])

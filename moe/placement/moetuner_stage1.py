@@ -15,13 +15,13 @@ Beyond the paper, three things make it fast and its gap provable:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pulp
 
 from moe.placement import milp
+from moe.placement.deadline import Deadline
 from moe.placement.greedy import balanced_pack
 
 
@@ -175,7 +175,7 @@ def solve_layer(
     num_clusters: int,
     equal_size: bool,
     options: milp.SolverOptions,
-    time_limit_s: float,
+    deadline: Deadline,
     abs_tol: float = 0.0,
 ) -> Stage1Layer:
     """Cluster one layer's experts.
@@ -185,7 +185,7 @@ def solve_layer(
         num_clusters: G.
         equal_size: exactly ``E / G`` experts per cluster.
         options: solver settings (``gap`` is the stopping gap).
-        time_limit_s: seconds this layer may use, counted from the call (model building included).
+        deadline: when this layer's time is up (model building included).
         abs_tol: also stop when ``objective - bound <= abs_tol * sum(load)`` (an imbalance that is a tiny part
             of the layer's tokens); the relative gap is ill-posed here since the optimum is often near 0.
 
@@ -193,7 +193,6 @@ def solve_layer(
         ``Stage1Layer``; ``report`` holds status, objective, bound (the larger of the solver's and the
         combinatorial bound), gap, solve_time_s, size, and whether the solver ran.
     """
-    deadline = time.monotonic() + time_limit_s
     e, g = load.size, num_clusters
     rank = np.empty(e, dtype=np.int64)
     rank[np.argsort(-load, kind="stable")] = np.arange(e)
@@ -211,7 +210,7 @@ def solve_layer(
     prob, x = _model(load, g, equal_size, rank, lb, start)
     if tol > 0:
         options = replace(options, abs_gap=tol)
-    res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=True, deadline=deadline)
+    res = milp.solve(prob, options, deadline, warm_start=True)
     cluster_of, obj, notes = _best_of(load, g, res, x, start, start_obj)
     bound = max(lb, res.bound) if res.bound is not None else lb
     bound = min(bound, obj)

@@ -32,6 +32,7 @@ import pulp
 from scipy.optimize import linear_sum_assignment
 
 from moe.placement import milp
+from moe.placement.deadline import Deadline
 
 
 def cluster_traffic(pairs: np.ndarray, cluster_of: np.ndarray, num_clusters: int) -> np.ndarray:
@@ -196,15 +197,14 @@ def joint_size(ctraffic: np.ndarray) -> int:
 
 
 def joint_ilp(
-    problem: Stage2Problem, time_limit_s: float, relaxed: bool, warm: np.ndarray | None
+    problem: Stage2Problem, deadline: Deadline, relaxed: bool, warm: np.ndarray | None
 ) -> tuple[np.ndarray | None, milp.SolveResult]:
     """The paper's stage 2 ILP over all layers; returns the mapping (or ``None``) and the solve report.
 
     Layer 0's mapping is fixed to the identity when every off-diagonal bandwidth is equal (any GPU
-    relabelling is then a symmetry), which removes ``G!`` equivalent solutions. ``time_limit_s`` counts from
-    the call, model building included.
+    relabelling is then a symmetry), which removes ``G!`` equivalent solutions. Stops by ``deadline``, model
+    building included.
     """
-    deadline = time.monotonic() + time_limit_s
     ctraffic, sizes, bandwidth = problem.ctraffic, problem.sizes, problem.bandwidth
     num_layers, g = sizes.shape
     off = ~np.eye(g, dtype=bool)
@@ -224,7 +224,7 @@ def joint_ilp(
     use_warm = warm is not None and not (symmetric and not np.array_equal(warm[0], np.arange(g)))
     if use_warm:
         _warm_start(y, z, m, warm, ctraffic, bandwidth)
-    res = milp.solve(prob, problem.options, time_limit_s=time_limit_s, warm_start=use_warm, deadline=deadline)
+    res = milp.solve(prob, problem.options, deadline, warm_start=use_warm)
     if not res.has_solution:
         return None, res
     mapping = np.full((num_layers, g), -1, dtype=np.int64)
@@ -303,10 +303,9 @@ def _warm_start(
 
 
 def _improve_layer(
-    problem: Stage2Problem, li: int, mapping: np.ndarray, relaxed: bool, time_limit_s: float
+    problem: Stage2Problem, li: int, mapping: np.ndarray, relaxed: bool, deadline: Deadline
 ) -> np.ndarray | None:
-    """Best permutation of layer ``li`` with its neighbours fixed (exact MILP within the gap/time)."""
-    deadline = time.monotonic() + time_limit_s
+    """Best permutation of layer ``li`` with its neighbours fixed (exact MILP within the gap, by ``deadline``)."""
     sizes = problem.sizes
     num_layers, g = sizes.shape
     inv = _inverse(mapping)
@@ -340,7 +339,7 @@ def _improve_layer(
     # Solved to (near) optimality: the penalty terms dominate the objective, so a relative gap would let
     # the solver stop with memory slack left.
     options = replace(problem.options, gap=1e-6)
-    res = milp.solve(prob, options, time_limit_s=time_limit_s, warm_start=False, deadline=deadline)
+    res = milp.solve(prob, options, deadline, warm_start=False)
     if not res.has_solution:
         return None
     row = np.full(g, -1, dtype=np.int64)
@@ -437,7 +436,7 @@ def repair_memory(mapping: np.ndarray, sizes: np.ndarray, max_steps: int = 1000)
 
 
 def improve(
-    problem: Stage2Problem, mapping: np.ndarray, relaxed: bool, deadline: float, max_sweeps: int = 4
+    problem: Stage2Problem, mapping: np.ndarray, relaxed: bool, deadline: Deadline, max_sweeps: int = 4
 ) -> tuple[np.ndarray, int]:
     """Block-coordinate descent over layers until no layer improves, ``max_sweeps`` or ``deadline``.
 
@@ -451,11 +450,11 @@ def improve(
     for _ in range(max_sweeps):
         changed = False
         for li in range(num_layers):
-            left = deadline - time.monotonic()
+            left = deadline.left()
             if left <= 0.05:
                 return cur, kept
             limit = min(left, max(0.5, left / max(1, num_layers)))
-            row = _improve_layer(problem, li, cur, relaxed, limit)
+            row = _improve_layer(problem, li, cur, relaxed, Deadline.after(limit))
             if row is None:
                 continue
             cand = cur.copy()
@@ -470,17 +469,16 @@ def improve(
 
 
 def solve(
-    problem: Stage2Problem, method: str, time_limit_s: float, max_joint_vars: int, seed: int
+    problem: Stage2Problem, method: str, deadline: Deadline, max_joint_vars: int, seed: int
 ) -> Stage2Result:
     """Stage 2 with ``method`` in ``ilp`` (joint ILP when it fits ``max_joint_vars`` and the decomposition has
     not already proven the gap, else decomposition), ``decomposed``, ``greedy`` or ``random`` (ablations;
-    memory not enforced).
+    memory not enforced), by ``deadline``.
 
     Returns the mapping and a report: method used, status, objective (``sum_l M_l``), bound, gap,
     solve_time_s, size, memory (mode ``exact``/``relaxed``/``not_enforced``, per-GPU min/max), notes.
     """
     t_start = time.monotonic()
-    deadline = t_start + time_limit_s
     lb = lower_bounds(problem.ctraffic, problem.bandwidth)
     report: dict = {"notes": []}
     if method == "random":
@@ -505,7 +503,7 @@ def solve(
 
 
 def _finish_report(
-    problem: Stage2Problem, mapping: np.ndarray, report: dict, lb: np.ndarray, deadline: float
+    problem: Stage2Problem, mapping: np.ndarray, report: dict, lb: np.ndarray, deadline: Deadline
 ) -> None:
     """Objective, bound, gap, memory and status of ``mapping`` into ``report`` (in place)."""
     objective = problem.cost(mapping)
@@ -531,7 +529,7 @@ def _finish_report(
         report["status"] = milp.placement_status(report["gap"], problem.options.gap, deadline, met)
 
 
-def _decompose(problem: Stage2Problem, deadline: float, notes: list[str]) -> tuple[np.ndarray, bool, int]:
+def _decompose(problem: Stage2Problem, deadline: Deadline, notes: list[str]) -> tuple[np.ndarray, bool, int]:
     """Greedy chain, memory repair, coordinate descent; relaxes memory when the exact target is not met.
 
     Returns the mapping, whether memory was relaxed, and the number of layer steps kept.
@@ -552,14 +550,13 @@ def _decompose(problem: Stage2Problem, deadline: float, notes: list[str]) -> tup
 
 
 def _ilp_like(
-    problem: Stage2Problem, deadline: float, use_joint: bool, lb: np.ndarray, notes: list[str]
+    problem: Stage2Problem, deadline: Deadline, use_joint: bool, lb: np.ndarray, notes: list[str]
 ) -> tuple[np.ndarray, dict]:
     """The decomposition, then the joint ILP warm-started from it unless the decomposition is proven within
     the gap by the per-boundary bounds ``lb``."""
     # The decomposition also gives the joint ILP its warm start; give it a share of the time.
     share = 0.3 if use_joint else 1.0
-    dec_deadline = time.monotonic() + share * max(0.0, deadline - time.monotonic())
-    mapping, relaxed, kept = _decompose(problem, dec_deadline, notes)
+    mapping, relaxed, kept = _decompose(problem, deadline.share_of_left(share), notes)
     out: dict = {"method": "decomposed", "status": milp.TIME_LIMIT, "decomposition_steps_kept": kept}
     dec_gap = milp.relative_gap(problem.cost(mapping), float(lb.sum()))
     proven = (
@@ -570,14 +567,14 @@ def _ilp_like(
     if not use_joint or proven:
         return mapping, out | {"_relaxed": relaxed, "solver_bound": None}
     warm = mapping if problem.violation(mapping, relaxed) == 0 else None
-    joint, res = joint_ilp(problem, max(0.05, deadline - time.monotonic()), relaxed, warm)
+    joint, res = joint_ilp(problem, deadline.at_least(0.05), relaxed, warm)
     if res.status == milp.INFEASIBLE and not relaxed:
         relaxed = True
         notes.append(
             f"memory: E L / G per GPU is infeasible (solver proved it); relaxed to at most "
             f"{memory_cap(problem.sizes, True)} experts per GPU"
         )
-        joint, res = joint_ilp(problem, max(0.05, deadline - time.monotonic()), True, warm)
+        joint, res = joint_ilp(problem, deadline.at_least(0.05), True, warm)
     notes.extend(res.notes)
     out.update(solve_time_s=res.solve_time_s, size=res.to_info()["size"], solver_status=res.status)
     if joint is not None and (

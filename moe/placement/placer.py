@@ -6,7 +6,7 @@ and implements ``place``, plus ``conf/placement/<name>.yaml`` (see ``common.conf
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -65,10 +65,21 @@ class Placer:
 
     Attributes:
         label: the name in tables (e.g. ``moetuner+replicas``); empty = ``name``.
+        time_limit_s: the placement's wall-clock budget, seconds (> 0), the one time limit a placement has.
+            Searching placements (``moetuner``, ``exflow``, ``moetuner_plus``) make a ``Deadline`` of it when
+            ``place`` starts and pass it down to every phase and solver; the others finish far within it.
+            Each placement's YAML may set its own default; experiment presets override it
+            (``placement.time_limit_s: 10``).
     """
 
     name: ClassVar[str] = ""
     label: str = ""
+    time_limit_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        t = self.time_limit_s
+        if isinstance(t, bool) or not isinstance(t, int | float) or not float(t) > 0:
+            raise ConfigError("time_limit_s", f"expected a positive number of seconds, got {t!r}")
 
     @property
     def table_label(self) -> str:
@@ -78,27 +89,14 @@ class Placer:
         """The placement of ``problem``'s experts."""
         raise NotImplementedError(f"{type(self).__name__}.place")
 
-    def with_time_cap(self, cap_s: float | None) -> Placer:
-        """A copy whose ``time_limit_s`` (when it has one) is at most ``cap_s``; ``None``: unchanged."""
-        own = getattr(self, "time_limit_s", None)
-        if cap_s is None or not hasattr(self, "time_limit_s"):
-            return self
-        return replace(self, time_limit_s=float(cap_s if own is None else min(own, cap_s)))
 
-
-def build_placer(node: Any, time_cap_s: float | None = None) -> Placer:
-    """The ``placement`` config node built as a ``Placer`` (``common.config.build``), its ``time_limit_s``
-    (when it has one) capped at ``time_cap_s`` seconds (``None``: uncapped).
+def build_placer(node: Any) -> Placer:
+    """The ``placement`` config node built as a ``Placer`` (``common.config.build``).
 
     Raises:
-        ConfigError: not a placement, or a cap that is not a positive number (named ``placement_time_limit_s``).
+        ConfigError: not a placement, or a bad option (named ``placement.<field>``).
     """
     placer = build(node, "placement")
     if not isinstance(placer, Placer):
         raise ConfigError("placement", f"expected a placement (a Placer), got {type(placer).__name__}")
-    cap = time_cap_s
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
-        raise ConfigError(
-            "placement_time_limit_s", f"expected a positive number of seconds or null, got {cap!r}"
-        )
-    return placer.with_time_cap(cap)
+    return placer

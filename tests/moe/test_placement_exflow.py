@@ -9,6 +9,7 @@ import pytest
 
 from common.errors import ConfigError, InputError
 from moe.placement import milp
+from moe.placement.deadline import Deadline
 from moe.placement.evaluate import cross_gpu_fraction
 from moe.placement.exflow import exflow, locality_bound
 from moe.placement.simple import contiguous
@@ -34,7 +35,7 @@ def _planted(num_layers: int, e: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("method", ["ilp", "sweeps"])
 def test_planted_paths_are_kept_local(method: str) -> None:
     r = _planted(4, 8, seed=0)
-    pl = exflow(r, 4, 4, method=method, options=milp.SolverOptions(time_limit_s=10, gap=0.0))
+    pl = exflow(r, 4, 4, method=method, options=milp.SolverOptions(gap=0.0), deadline=Deadline.after(10))
     assert (pl.experts_per_gpu() == 2).all() and (pl.replica_counts() == 1).all()
     assert cross_gpu_fraction(pl, r) == pytest.approx(0.0, abs=1e-12)
     assert pl.info["objective"] == pytest.approx(0.0, abs=1e-12)
@@ -44,7 +45,7 @@ def test_real_trace_flat_and_hierarchical(real_pairs: np.ndarray) -> None:
     num_layers = real_pairs.shape[0] + 1
     base = cross_gpu_fraction(contiguous(num_layers, 64, 8), real_pairs)
     for gpn in (8, 4):
-        pl = exflow(real_pairs, 8, gpn, options=milp.SolverOptions(time_limit_s=10))
+        pl = exflow(real_pairs, 8, gpn, deadline=Deadline.after(10))
         assert (pl.experts_per_gpu() == 8).all()
         frac = cross_gpu_fraction(pl, real_pairs)
         assert frac == pytest.approx(pl.info["objective"])
@@ -77,7 +78,7 @@ def test_highs_budget_holds_when_its_root_cut_loop_overruns() -> None:
     r = cross_layer_counts(trace.experts, trace.num_experts)[:15]
     budget = 2.0
     t0 = time.monotonic()
-    pl = exflow(r, 4, 4, method="ilp", options=milp.SolverOptions(time_limit_s=budget))
+    pl = exflow(r, 4, 4, method="ilp", deadline=Deadline.after(budget))
     wall = time.monotonic() - t0
     assert wall <= 1.5 * budget + 1.5, f"placement took {wall:.1f} s for a {budget} s budget"
     assert pl.info["solve_time_s"] <= 1.5 * budget + 1.5
@@ -85,5 +86,7 @@ def test_highs_budget_holds_when_its_root_cut_loop_overruns() -> None:
     assert (pl.experts_per_gpu() == 2).all() and (pl.replica_counts() == 1).all()
     assert cross_gpu_fraction(pl, r) == pytest.approx(pl.info["objective"])
     # the next solve works (a fresh HiGHS worker when the guard had to stop the last one)
-    small = exflow(_planted(4, 8, seed=1), 4, 4, options=milp.SolverOptions(time_limit_s=10, gap=0.0))
+    small = exflow(
+        _planted(4, 8, seed=1), 4, 4, options=milp.SolverOptions(gap=0.0), deadline=Deadline.after(10)
+    )
     assert small.info["objective"] == pytest.approx(0.0, abs=1e-12)

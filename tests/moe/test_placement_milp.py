@@ -10,6 +10,7 @@ import pytest
 
 from common.errors import ConfigError
 from moe.placement import milp
+from moe.placement.deadline import Deadline
 
 
 def _partition(num_items: int, num_bins: int, seed: int) -> pulp.LpProblem:
@@ -40,7 +41,7 @@ def test_small_problem_optimal_with_bound_and_constant(solver: str) -> None:
     y = prob.add_variable("y", 0, 10, cat=pulp.LpInteger)
     prob += pulp.LpAffineExpression([(x, -1), (y, -1)], constant=100)
     prob += 2 * x + 3 * y <= 12.5
-    res = milp.solve(prob, milp.SolverOptions(solver=solver, gap=0.0))
+    res = milp.solve(prob, milp.SolverOptions(solver=solver, gap=0.0), Deadline.after(60))
     assert res.status == milp.OPTIMAL
     assert res.objective == pytest.approx(94.0) and res.bound == pytest.approx(94.0) and res.gap == 0.0
     assert res.size.variables == 2 and res.size.integer_variables == 2 and res.size.constraints == 1
@@ -50,7 +51,7 @@ def test_small_problem_optimal_with_bound_and_constant(solver: str) -> None:
 @pytest.mark.parametrize("solver", milp.SOLVERS)
 def test_time_limit_stops_with_best_solution(solver: str) -> None:
     prob = _partition(40, 4, seed=0)
-    res = milp.solve(prob, milp.SolverOptions(solver=solver, gap=0.0, time_limit_s=1.0))
+    res = milp.solve(prob, milp.SolverOptions(solver=solver, gap=0.0), Deadline.after(1.0))
     assert res.status in (milp.TIME_LIMIT, milp.OPTIMAL)
     if res.status == milp.TIME_LIMIT:
         assert res.objective is not None and (res.bound is None or res.bound <= res.objective)
@@ -64,7 +65,9 @@ def test_infeasible_is_reported() -> None:
     prob += x
     prob += x >= 2
     for solver in milp.SOLVERS:
-        assert milp.solve(prob, milp.SolverOptions(solver=solver)).status == milp.INFEASIBLE
+        assert (
+            milp.solve(prob, milp.SolverOptions(solver=solver), Deadline.after(60)).status == milp.INFEASIBLE
+        )
 
 
 @pytest.mark.parametrize(
@@ -72,7 +75,6 @@ def test_infeasible_is_reported() -> None:
     [
         ({"solver": "gurobi"}, "solver"),
         ({"gap": 1.5}, "gap"),
-        ({"time_limit_s": 0}, "time_limit_s"),
         ({"threads": 0}, "threads"),
     ],
 )
@@ -89,11 +91,11 @@ def test_relative_gap() -> None:
 
 
 def test_highs_stops_at_the_callers_deadline() -> None:
-    """``deadline`` (the caller's whole budget) wins over a longer time limit; the best solution so far comes
-    back. A behaviour test of the deadline with a generous slack for a loaded machine, not a benchmark."""
+    """The solve stops at ``deadline`` (the caller's budget); the best solution so far comes back. A behaviour
+    test of the deadline with a generous slack for a loaded machine, not a benchmark."""
     prob = _partition(60, 5, seed=1)
     t0 = time.monotonic()
-    res = milp.solve(prob, milp.SolverOptions(gap=0.0, time_limit_s=60.0), deadline=t0 + 1.0)
+    res = milp.solve(prob, milp.SolverOptions(gap=0.0), Deadline(t0, t0 + 1.0))
     wall = time.monotonic() - t0
     assert wall <= 1.5 * 1.0 + 1.5, f"solve took {wall:.1f} s for a 1 s deadline"
     assert res.status == milp.TIME_LIMIT and res.objective is not None
@@ -108,16 +110,25 @@ def test_highs_same_answer_twice() -> None:
     out = []
     for _ in range(2):
         prob = _partition(12, 3, seed=2)
-        res = milp.solve(prob, milp.SolverOptions(gap=0.0, time_limit_s=30.0))
+        res = milp.solve(prob, milp.SolverOptions(gap=0.0), Deadline.after(30.0))
         assert res.status == milp.OPTIMAL
         out.append((res.objective, [v.varValue for v in prob.variables()]))
     assert out[0] == out[1]
 
 
-def test_placement_status_says_why_a_placement_is_not_optimal():
-    import time
+def test_deadline_parts_share_one_budget():
+    d = Deadline(100.0, 110.0)
+    assert d.budget_s == 10.0 and d.fraction(0.5) == Deadline(100.0, 105.0)
+    now = Deadline.after(0.0)
+    assert now.expired() and now.left() == 0.0
+    assert now.at_least(5.0).left() > 4.0 and now.at_least(5.0).start == now.start
+    far = Deadline.after(100.0)
+    part = far.share_of_left(0.25)
+    assert 24.0 < part.budget_s <= 25.0 and part.end < far.end
 
-    later, past = time.monotonic() + 60, time.monotonic() - 1
+
+def test_placement_status_says_why_a_placement_is_not_optimal():
+    later, past = Deadline.after(60), Deadline(time.monotonic() - 2, time.monotonic() - 1)
     assert milp.placement_status(0.01, 0.025, later) == milp.OPTIMAL
     assert milp.placement_status(0.01, 0.025, later, constraints_met=False) == milp.FEASIBLE
     assert milp.placement_status(0.5, 0.025, later) == milp.FEASIBLE  # stopped by itself, gap not closed

@@ -11,6 +11,7 @@ from common.errors import ConfigError, InputError
 from moe.placement import milp
 from moe.placement import moetuner_stage1 as s1
 from moe.placement import moetuner_stage2 as s2
+from moe.placement.deadline import Deadline
 from moe.placement.evaluate import balancedness, slowest_link
 from moe.placement.moetuner import MoETuner, moetuner
 from moe.stats import cross_layer_counts, expert_load
@@ -46,10 +47,10 @@ def _brute_stage1(load: np.ndarray, g: int, equal: bool) -> float:
 @pytest.mark.parametrize("equal", [False, True])
 @pytest.mark.parametrize("solver", ["highs", "cbc"])
 def test_stage1_reaches_brute_force_optimum(solver: str, equal: bool) -> None:
-    opts = milp.SolverOptions(solver=solver, gap=0.0, time_limit_s=20)
+    opts = milp.SolverOptions(solver=solver, gap=0.0)
     for seed in range(3):
         load = np.random.default_rng(seed).integers(1, 500, size=6).astype(float)
-        res = s1.solve_layer(load, 3, equal, opts, time_limit_s=20)
+        res = s1.solve_layer(load, 3, equal, opts, Deadline.after(20))
         cnt = np.bincount(res.cluster_of, minlength=3)
         assert (cnt >= 1).all() and (not equal or (cnt == 2).all())
         assert res.report["objective"] == pytest.approx(_brute_stage1(load, 3, equal))
@@ -60,7 +61,7 @@ def test_stage1_lower_bound_is_valid_and_used() -> None:
     load = np.array([900.0, 10, 10, 10, 10, 10])  # one expert far above the mean
     lb = s1.lower_bound(load, 3)
     assert lb == pytest.approx(2 * (900 - 950 / 3))
-    res = s1.solve_layer(load, 3, False, milp.SolverOptions(gap=0.0), 10)
+    res = s1.solve_layer(load, 3, False, milp.SolverOptions(gap=0.0), Deadline.after(10))
     assert res.report["objective"] == pytest.approx(_brute_stage1(load, 3, False))
     assert res.report["objective"] >= lb
 
@@ -79,7 +80,7 @@ def test_stage2_joint_ilp_reaches_brute_force_optimum(solver: str) -> None:
     b = np.array([[0, 900, 100], [900, 0, 100], [100, 100, 0]], dtype=float)  # asymmetric: no symmetry fix
     sizes = np.full((3, 3), 2)
     problem = s2.Stage2Problem(c, sizes, b, milp.SolverOptions(solver=solver, gap=0.0))
-    mapping, res = s2.joint_ilp(problem, 30, False, None)
+    mapping, res = s2.joint_ilp(problem, Deadline.after(30), False, None)
     assert res.status == milp.OPTIMAL
     assert s2.boundary_costs(mapping, c, b).sum() == pytest.approx(_brute_stage2(c, b, 3, 3))
     assert res.bound == pytest.approx(res.objective, rel=1e-6)

@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from common.errors import ConfigError
 from common.experiment import run_experiment
 from moe.paper_numbers import PAPER_RESULTS
 from moe.placement.base import Placement
+from moe.placement.placer import build_placer
 from moe.report import comparison_rows, moe_comparison_report, moe_comparison_table
 from runners.hydra_entry import CONF_DIR
-from runners.moe_place import make_placer, run
+from runners.moe_place import run
 from tests.conftest import needs_real_trace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,11 +104,11 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert a == b
 
 
-def test_solver_placement_reports_gap_and_is_capped(tmp_path):
-    rec = place(tmp_path, "moetuner", "+placement_time_limit_s=3", "trace.max_tokens=3000")
+def test_solver_placement_reports_gap_and_keeps_its_budget(tmp_path):
+    rec = place(tmp_path, "moetuner", "placement.time_limit_s=3", "trace.max_tokens=3000")
     m = rec["metrics"]
     assert "gap" in m and m["solve_time_s"] >= 0
-    assert m["place_time_s"] < 3 + 10  # the cap reaches the solver (generous margin for set-up)
+    assert m["place_time_s"] < 3 + 10  # the budget reaches the solver (generous margin for set-up)
     assert rec["labels"]["status"] in ("optimal", "feasible", "time_limit")  # top-level, for tables
     assert m[f"status_{rec['labels']['status']}"] == 1.0
     rows = comparison_rows([rec]).to_dict("records")
@@ -120,15 +122,25 @@ def test_bad_topology_fails_before_any_output(tmp_path):
     assert not (tmp_path / "result.json").exists()
 
 
-def test_time_cap_lowers_only_solver_budgets():
-    cap = make_placer(config("placement=moetuner", "placement_time_limit_s=5"))
-    assert cap.time_limit_s == 5.0
-    own = make_placer(config("placement=moetuner", "placement.time_limit_s=2", "placement_time_limit_s=5"))
-    assert own.time_limit_s == 2.0
-    assert make_placer(config("placement=greedy", "placement_time_limit_s=5")).label == "greedy"
-    assert make_placer(config("placement=exflow")).time_limit_s == 30.0
-    with pytest.raises(ConfigError, match="placement_time_limit_s"):
-        make_placer(config("placement=greedy", "placement_time_limit_s=-1"))
+def test_one_time_budget_per_placement():
+    """``placement.time_limit_s`` is a field of every placement (one key, one check); presets set it."""
+    assert build_placer(config("placement=moetuner")["placement"]).time_limit_s == 60.0
+    assert build_placer(config("placement=exflow")["placement"]).time_limit_s == 30.0
+    assert (
+        build_placer(config("placement=greedy", "placement.time_limit_s=5")["placement"]).time_limit_s == 5.0
+    )
+    for preset in ("moetuner_single_node", "moetuner_multi_node", "moe_replan"):
+        for name in ("moetuner", "exflow", "moetuner_plus", "contiguous"):
+            cfg = config(f"experiment={preset}", f"placement={name}")
+            assert build_placer(cfg["placement"]).time_limit_s == 10.0, (preset, name)
+    for bad in ("-1", "0"):
+        with pytest.raises(ConfigError, match=r"placement\.time_limit_s"):
+            build_placer(config("placement=moetuner_plus", f"placement.time_limit_s={bad}")["placement"])
+
+
+def test_the_old_cap_key_is_gone():
+    with pytest.raises(ConfigCompositionException, match="placement_time_limit_s"):
+        config("placement_time_limit_s=5")
 
 
 @pytest.mark.parametrize("name", ["moetuner_single_node", "moetuner_multi_node"])
@@ -139,7 +151,7 @@ def test_presets_sweep_every_placement_both_traces_and_seeds(name):
         )
     topo = "paper_single_node" if "single" in name else "paper_multi_node"
     assert cfg.topology.name == topo
-    assert cfg.trace.max_tokens and cfg.placement_time_limit_s and cfg.eval.batch_tokens
+    assert cfg.trace.max_tokens and cfg.placement.time_limit_s == 10 and cfg.eval.batch_tokens
     params = cfg.hydra.sweeper.params
     assert params.placement.split(",") == [*PLACEMENTS, "moetuner_replicas", "grace", "moetuner_plus"]
     assert params.trace.split(",") == ["synthetic", "deepseek_v2_lite"]
@@ -270,6 +282,6 @@ def test_placement_label_names_variants_in_tables():
     cfg = config("placement=moetuner_replicas")["placement"]
     assert placement_label(cfg) == "moetuner+replicas"
     assert placement_label({"name": "greedy"}) == "greedy"
-    placer = make_placer(config("placement=moetuner_replicas"))
+    placer = build_placer(config("placement=moetuner_replicas")["placement"])
     assert placer.replicas == 4 and placer.table_label == "moetuner+replicas"
     assert "label" not in type(placer).names()  # the label is not an algorithm option

@@ -169,7 +169,9 @@ def test_calibrate_on_cpu_writes_an_override_that_topologies_load(tmp_path: Path
 
 @pytest.mark.slow
 def test_serve_placements_preset_records_the_comparison(tmp_path: Path) -> None:
-    proc = serve("experiment=serve_placements", "engine.measure_iters=2", "placement_time_limit_s=5",
+    proc = serve("experiment=serve_placements", "engine.measure_iters=2",
+                 "compare.placements.moetuner.time_limit_s=5", "compare.candidates.moetuner_plus.time_limit_s=5",
+                 "compare.candidates.moetuner_replicas.time_limit_s=5",
                  f"hydra.run.dir={tmp_path}", timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads((tmp_path / "result.json").read_text())
