@@ -11,6 +11,9 @@ trace, then a local search that lowers the cost model's modelled MoE-layer time 
    partner first, plus ``random_moves`` random pairs), and retarget a replica (a copy of the expert with the
    lowest load per copy becomes a copy of the expert with the highest one). A move is kept when the modelled
    time of its layer plus the next one (whose dispatch starts where this layer leaves the tokens) drops.
+   With ``cross_node_sweeps > 0`` (default 0) cluster-level moves across nodes run first, under the same
+   acceptance rule and the search's cap: whole-group and node exchanges and Kernighan-Lin swap sequences
+   between GPUs of different nodes (``moe.placement.cluster_moves``).
 
 Everything is measured on the profiling part only; the run judges the result on the evaluation part. The
 search is deterministic for a given seed (a move budget, not a time budget; ``time_limit_s`` caps the
