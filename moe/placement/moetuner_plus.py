@@ -11,6 +11,9 @@ trace, then a local search that lowers the cost model's modelled MoE-layer time 
    partner first, plus ``random_moves`` random pairs), and retarget a replica (a copy of the expert with the
    lowest load per copy becomes a copy of the expert with the highest one). A move is kept when the modelled
    time of its layer plus the next one (whose dispatch starts where this layer leaves the tokens) drops.
+   With ``cross_node_sweeps > 0`` (default 0) cluster-level moves across nodes run first, under the same
+   acceptance rule and the search's cap: whole-group and node exchanges and Kernighan-Lin swap sequences
+   between GPUs of different nodes (``moe.placement.cluster_moves``).
 
 Everything is measured on the profiling part only; the run judges the result on the evaluation part. The
 search is deterministic for a given seed (a move budget, not a time budget; ``time_limit_s`` caps the
@@ -28,6 +31,7 @@ from common.errors import ConfigError, InputError
 from common.log import get_logger
 from moe.cost_model import EvalOptions, LayerModel
 from moe.placement.base import Placement
+from moe.placement.cluster_moves import group_exchanges, kl_proposals, same_layer_counts
 from moe.placement.deadline import Deadline
 from moe.placement.eplb import eplb
 from moe.placement.exflow import ExFlow
@@ -120,6 +124,18 @@ def _accept(
     st.src[li + 1 :] = pos[1:]
 
 
+def _try(model: LayerModel, st: SearchState, li: int, cand: Layer) -> bool:
+    """Take ``cand`` as layer ``li`` when the modelled time of that layer plus the next one drops."""
+    num_layers = len(st.layers)
+    t_l, nxt = model.time(li, cand, st.src[li])
+    old = st.times[li] + (st.times[li + 1] if li + 1 < num_layers else 0.0)
+    t_n = model.time(li + 1, st.layers[li + 1], nxt)[0] if li + 1 < num_layers else 0.0
+    if t_l + t_n < old * (1 - 1e-9):
+        _accept(model, st, li, cand, t_l, nxt, t_n)
+        return True
+    return False
+
+
 @dataclass
 class SearchState:
     """The assignment being improved, its per-layer times and the token positions entering every layer."""
@@ -151,18 +167,48 @@ def local_search(
                 if deadline.expired():
                     break
                 tried += 1
-                t_l, nxt = model.time(li, cand, st.src[li])
-                old = st.times[li] + (st.times[li + 1] if li + 1 < num_layers else 0.0)
-                t_n = model.time(li + 1, st.layers[li + 1], nxt)[0] if li + 1 < num_layers else 0.0
-                if t_l + t_n < old * (1 - 1e-9):
-                    _accept(model, st, li, cand, t_l, nxt, t_n)
-                    kept += 1
+                kept += _try(model, st, li, cand)
     report = {
         "profile_time_before_s": before,
         "profile_time_after_s": float(st.times.sum()),
         "moves_tried": tried,
     }
     report["moves_kept"] = kept
+    return Placement(st.layers, num_experts=start.num_experts, name="moetuner_plus"), report
+
+
+def cluster_search(
+    model: LayerModel,
+    problem: ProfiledProblem,
+    start: Placement,
+    sweeps: int,
+    kl_steps: int,
+    deadline: Deadline,
+) -> tuple[Placement, dict]:
+    """Cluster-level moves across nodes (``moe.placement.cluster_moves``), ``sweeps`` passes over the layers;
+    a layer's proposals are rebuilt after every move kept. Returns the placement and a report."""
+    times, src = model.forward(start.assignment)
+    before = float(times.sum())
+    st = SearchState([[list(g) for g in layer] for layer in start.assignment], times, src)
+    node_of = problem.topology.node_of()
+    q = same_layer_counts(model.by_layer.transpose(2, 0, 1), problem.num_experts)
+    load = np.asarray(problem.load, dtype=np.float64)
+    tried = kept = 0
+    for _ in range(sweeps):
+        for li in range(len(st.layers)):
+            moved = True
+            while moved and not deadline.expired():
+                moved = False
+                props = group_exchanges(st.layers[li], node_of)
+                props += kl_proposals(st.layers, li, problem.pairs, q[li], load[li], node_of, kl_steps)
+                for cand in props:
+                    tried += 1
+                    if _try(model, st, li, cand):
+                        kept += 1
+                        moved = True
+                        break
+    report = {"profile_time_before_s": before, "profile_time_after_s": float(st.times.sum())}
+    report |= {"moves_tried": tried, "moves_kept": kept}
     return Placement(st.layers, num_experts=start.num_experts, name="moetuner_plus"), report
 
 
@@ -202,6 +248,9 @@ class MoETunerPlus(Placer):
         search_tokens: profiling tokens replayed by the search (the first ones; whole batches).
         sweeps: passes over the layers.
         random_moves: random swaps tried per layer and sweep, besides the load-guided ones.
+        cross_node_sweeps: passes of cluster-level moves across nodes (whole-group exchanges, Kernighan-Lin
+            sequences; ``moe.placement.cluster_moves``) before the local search; 0 (default) = none.
+        kl_steps: most swaps in one Kernighan-Lin sequence.
     """
 
     name = "moetuner_plus"
@@ -212,6 +261,8 @@ class MoETunerPlus(Placer):
     search_tokens: int = 8192
     sweeps: int = 2
     random_moves: int = 6
+    cross_node_sweeps: int = 0
+    kl_steps: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the time budget
@@ -221,6 +272,8 @@ class MoETunerPlus(Placer):
             ("search_tokens", 1),
             ("sweeps", 0),
             ("random_moves", 0),
+            ("cross_node_sweeps", 0),
+            ("kl_steps", 1),
         ):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -243,9 +296,16 @@ class MoETunerPlus(Placer):
         best = min(scores, key=lambda k: (scores[k], k))
         # The search has its own cap (the candidates may overrun theirs): a move budget, so runs repeat.
         search_deadline = Deadline.after(self.time_limit_s)
+        start, cluster = starts[best], None
+        if self.cross_node_sweeps:
+            start, cluster = cluster_search(
+                model, problem, start, self.cross_node_sweeps, self.kl_steps, search_deadline
+            )
         placement, report = local_search(
-            model, problem.load, starts[best], self.sweeps, self.random_moves, problem.seed, search_deadline
+            model, problem.load, start, self.sweeps, self.random_moves, problem.seed, search_deadline
         )
+        if cluster is not None:
+            report["cross_node"] = cluster
         status = "time_limit" if search_deadline.expired() else "heuristic"
         placement.info = {
             "status": status,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
-from common.errors import InputError
+from common.errors import ConfigError, InputError
 from moe.cost_model import EvalOptions, LayerModel, evaluate_placement
+from moe.placement.cluster_moves import group_exchanges, kl_sequence, node_affinity, same_layer_counts
 from moe.placement.eplb import eplb
-from moe.placement.moetuner_plus import MoETunerPlus, candidate_moves
+from moe.placement.moetuner_plus import MoETunerPlus, candidate_moves, cluster_search
 from moe.placement.placer import PlacementProblem
 from moe.placement.profiled import ProfiledProblem
 from moe.stats import cross_layer_counts, expert_load
@@ -78,3 +81,80 @@ def test_gpu_load_figure_is_written(tmp_path):
     rng = np.random.default_rng(0)
     out = plot_gpu_loads(rng.integers(1, 100, (6, 4)), rng.integers(40, 60, (6, 4)), tmp_path / "l.png", "t")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def _cross_pairs(layers, li, pairs, q, node_of):
+    """Co-routed pairs of layer ``li``'s experts that sit on different nodes (no replicas): with the previous
+    and next layer, and within the layer."""
+    e = q.shape[0]
+    node = [np.empty(e, dtype=np.int64) for _ in layers]
+    for lj, layer in enumerate(layers):
+        for g, gpu in enumerate(layer):
+            node[lj][gpu] = node_of[g]
+    total = 0.5 * float((q * (node[li][:, None] != node[li][None, :])).sum())
+    if li > 0:
+        total += float((pairs[li - 1] * (node[li - 1][:, None] != node[li][None, :])).sum())
+    if li + 1 < len(layers):
+        total += float((pairs[li] * (node[li][:, None] != node[li + 1][None, :])).sum())
+    return total
+
+
+def test_kl_gain_is_the_drop_in_cross_node_pairs(trace):
+    ex, e = trace
+    pairs, load = cross_layer_counts(ex, e), expert_load(ex, e).astype(float)
+    q = same_layer_counts(ex, e)
+    node_of = TOPO.node_of()
+    layers = [[list(range(g * 8, g * 8 + 8)) for g in range(8)] for _ in range(ex.shape[1])]
+    found = 0
+    for li in range(ex.shape[1]):
+        aff = node_affinity(layers, li, pairs, e, node_of)
+        res = kl_sequence(layers[li], 0, 5, aff, q[li], load[li], node_of, steps=8)
+        if res is None:
+            continue
+        found += 1
+        new = [*layers[:li], res[0], *layers[li + 1 :]]
+        drop = _cross_pairs(layers, li, pairs, q[li], node_of) - _cross_pairs(new, li, pairs, q[li], node_of)
+        assert res[1] > 0 and drop == pytest.approx(res[1], rel=1e-9)
+        gpu_load = [load[li][gpu].sum() for gpu in res[0]]
+        assert max(gpu_load) <= max(load[li][gpu].sum() for gpu in layers[li]) + 1e-9
+    assert found > 0
+
+
+def test_group_exchanges_move_whole_groups_across_nodes():
+    layer = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13], [14, 15]]
+    node_of = TOPO.node_of()
+    props = group_exchanges(layer, node_of)
+    assert len(props) == 16 + 1  # 4 x 4 cross-node GPU pairs, one node exchange
+    for cand in props:
+        assert sorted(map(tuple, cand)) == sorted(map(tuple, layer))
+        moved = [g for g in range(8) if cand[g] != layer[g]]
+        assert all(node_of[layer.index(cand[g])] != node_of[g] for g in moved)
+
+
+def test_cluster_moves_never_end_slower_and_keep_the_slots(trace):
+    ex, e = trace
+    opts = EvalOptions(batch_tokens=1000)
+    problem = ProfiledProblem.from_trace(ex, e, TOPO, opts, "unordered", 0)
+    start = eplb(problem.load, 8, 4, num_redundant=8)
+    model = LayerModel(ex, TOPO, opts, "unordered", e)
+    out, rep = cluster_search(model, problem, start, sweeps=1, kl_steps=6, deadline=time.monotonic() + 60)
+    assert rep["moves_tried"] > 0 and rep["moves_kept"] > 0
+    assert rep["profile_time_after_s"] < rep["profile_time_before_s"]
+    assert rep["profile_time_after_s"] == pytest.approx(
+        float(model.forward(out.assignment)[0].sum()), rel=1e-12
+    )
+    assert (out.experts_per_gpu() == start.experts_per_gpu()).all()
+    assert (out.replica_counts() >= 1).all()
+
+
+def test_moetuner_plus_with_cross_node_moves_starts_from_the_best_candidate(trace):
+    ex, e = trace
+    problem = ProfiledProblem.from_trace(ex, e, TOPO, EvalOptions(batch_tokens=1000), "unordered", 0)
+    assert MoETunerPlus().cross_node_sweeps == 0  # the default keeps the old search
+    p = MoETunerPlus(replicas=8, time_limit_s=20, sweeps=1, cross_node_sweeps=1).place(problem)
+    info = p.info["search"]
+    assert info["cross_node"]["profile_time_before_s"] == min(p.info["start_profile_times_s"].values())
+    assert info["profile_time_after_s"] <= info["cross_node"]["profile_time_after_s"]
+    assert info["cross_node"]["profile_time_after_s"] <= info["cross_node"]["profile_time_before_s"]
+    with pytest.raises(ConfigError, match="cross_node_sweeps"):
+        MoETunerPlus(cross_node_sweeps=-1)
