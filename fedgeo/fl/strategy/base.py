@@ -17,6 +17,7 @@ them on tiny problems by hand, without Flower.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from torch import nn
@@ -35,9 +36,15 @@ class ClientResult:
 
 @dataclass(frozen=True)
 class FLStrategy:
-    """Base of the ``strategy`` options. ``name``: the option's name (records and tables)."""
+    """Base of the ``strategy`` options.
 
-    name: str = ""
+    Attributes:
+        name: the option's name, a class attribute of every strategy (``FedAvg.name == "fedavg"``); the
+            config node carries it as ``strategy.name`` (``common.config.fixed_name``), which records and
+            tables group by.
+    """
+
+    name: ClassVar[str] = ""
 
     def init_server_state(self, params: Arrays) -> Arrays:
         return {}
