@@ -16,6 +16,8 @@ How a config becomes an object (docs/architecture.md):
        _target_: moe.placement.moetuner.MoETuner
 
    Struct mode then rejects unknown keys and converts types (``gap: 1`` becomes ``1.0``) at compose time.
+   A class that names itself by a class attribute ``name`` (and has no ``label``) gets a fixed ``name``
+   key too (``fixed_name``: the strategies), so that records and tables show it.
 4. A runner calls ``build(cfg["placement"], "placement")``: ``instantiate`` makes the object, whose
    ``__post_init__`` checks ranges; a ``ConfigError`` there comes back naming the full key
    (``placement.gap``).

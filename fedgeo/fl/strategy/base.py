@@ -10,8 +10,9 @@ A strategy is a frozen dataclass (its options, ``@schema("strategy", name)``) wi
 - ``init_server_state`` / ``payload``: server state (e.g. SCAFFOLD's control variate) and what of it goes
   down to the clients with the global model.
 
-``fedgeo.fl.server_app`` and ``fedgeo.fl.client_app`` carry these through Flower messages; tests check
-them on tiny problems by hand, without Flower.
+``fedgeo.fl.flower_strategy`` (server side) and ``fedgeo.fl.client_app`` carry these through Flower
+messages; tests check them on tiny problems by hand, without Flower. Every strategy class names itself by
+a class attribute, ``name = "fedprox"`` (its option's name).
 """
 
 from __future__ import annotations
