@@ -16,6 +16,8 @@ How a config becomes an object (docs/architecture.md):
        _target_: moe.placement.moetuner.MoETuner
 
    Struct mode then rejects unknown keys and converts types (``gap: 1`` becomes ``1.0``) at compose time.
+   A class that names itself by a class attribute ``name`` (and has no ``label``) gets a fixed ``name``
+   key too (``fixed_name``: the strategies), so that records and tables show it.
 4. A runner calls ``build(cfg["placement"], "placement")``: ``instantiate`` makes the object, whose
    ``__post_init__`` checks ranges; a ``ConfigError`` there comes back naming the full key
    (``placement.gap``).
@@ -81,7 +83,10 @@ def _with_target(cls: type) -> type:
     A copy, not a subclass: a frozen options class would make the config node read-only.
     """
     hints = typing.get_type_hints(cls)
-    spec: list[tuple[str, Any, Any]] = []
+    fixed = fixed_name(cls)
+    spec: list[tuple[str, Any, Any]] = (
+        [] if fixed is None else [("name", str, dataclasses.field(default=fixed))]
+    )
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -115,6 +120,40 @@ def install_schemas(*packages: str) -> None:
         _INSTALLED.add((group, name))
 
 
+def fixed_name(cls: type) -> str | None:
+    """The name an options class writes into its config node (records and tables group by it): its
+    ``ClassVar`` ``name`` (e.g. ``FedAvg.name == "fedavg"``) when it has no ``label`` field (a class with a
+    ``label``, as a placement, is named in tables by that field); ``None`` otherwise. The node's ``name`` is
+    fixed: ``build`` refuses another value and does not pass it to the class."""
+    name = getattr(cls, "name", None)
+    if not dataclasses.is_dataclass(cls) or not isinstance(name, str) or not name:
+        return None
+    if {f.name for f in dataclasses.fields(cls)} & {"label", "name"}:
+        return None
+    return name
+
+
+def _without_fixed_name(plain: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``plain`` less its ``name`` when its target fixes that name (``fixed_name``); another value is a
+    ``ConfigError`` naming ``<key>.name``."""
+    from hydra.utils import get_class
+
+    if "name" not in plain:
+        return plain
+    try:
+        cls = get_class(str(plain["_target_"]))
+    except Exception:  # noqa: BLE001 - instantiate reports a target that cannot be imported
+        return plain
+    fixed = fixed_name(cls)
+    if fixed is None:
+        return plain
+    if plain["name"] != fixed:
+        raise ConfigError(
+            f"{key}.name", f"expected {fixed!r} (the name of {plain['_target_']}), got {plain['name']!r}"
+        )
+    return {k: v for k, v in plain.items() if k != "name"}
+
+
 def _plain(node: Any) -> Any:
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -141,6 +180,7 @@ def build(node: Mapping[str, Any] | Any, key: str, **kwargs: Any) -> Any:
     plain = _plain(node)
     if not isinstance(plain, Mapping) or "_target_" not in plain:
         raise ConfigError(key, f"expected a config node with a _target_, got {plain!r}")
+    plain = _without_fixed_name(plain, key)
     try:
         return instantiate(plain, _convert_="all", **kwargs)
     except InstantiationException as exc:

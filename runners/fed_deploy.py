@@ -1,22 +1,26 @@
 """``python -m runners.fed_deploy [runners.fed overrides]``: one ``mode=fl`` run on Flower's Deployment Runtime.
 
-The same ServerApp/ClientApp logic as ``runners.fed mode=fl`` (``fedgeo.fl``), but every party is its own
-process talking over Flower's network stack, here all on loopback (127.0.0.1):
+The same Flower App as ``runners.fed mode=fl`` (``fedgeo.fl``: its components ``fedgeo.fl.app:server_app``
+and ``fedgeo.fl.app:client_app``), but every party is its own process talking over Flower's network stack,
+here all on loopback (127.0.0.1):
 
 1. the run's data: each client's raw set ``client_<k>.npz`` and the test set ``test.npz`` in the run's
-   ``deploy/`` folder; the run's config (``spec``) goes into ``run_config.toml``;
+   ``deploy/`` folder; the run's settings as Flower run-config values (``fedgeo.fl.app.run_config``) in
+   ``run_config.toml``;
 2. ``flower-superlink --insecure --host 127.0.0.1 --port P --disable-runtime-dependency-installation``;
 3. one ``flower-supernode --insecure --superlink 127.0.0.1:P --host 127.0.0.1 --port Q_k
    --node-config "partition-id=k num-partitions=K data-dir='<deploy>'"`` per client (its own partition);
 4. ``flwr run flower_app deploy --run-config <deploy>/run_config.toml --stream`` with ``FLWR_HOME`` set to
    ``<deploy>/flwr_home``, whose ``config.toml`` names the SuperLink connection ``deploy``
    (``address = "127.0.0.1:P"``, ``insecure = true``). ``flower_app/`` is the Flower App (its
-   ``pyproject.toml`` names ``server_app`` and ``client_app`` below as its components).
+   ``pyproject.toml`` names the components and declares the run-config keys).
 
 The ServerApp writes its per-round results (and reply counts, and the error that stopped it, if one did)
 to ``result.json`` in the deploy folder, and a checkpoint per round (``checkpoint.npz``, from which
 ``resume=true`` continues); the runner turns them into the usual record. A SuperNode that dies or hangs
-does not end the run: its missing replies are counted as timed out. Everything is bounded by ``fl.timeout_s x (rounds + 2)`` seconds, and every process started here is killed (its process group) at the end, also on error.
+does not end the run: its missing replies are counted as timed out. Everything is bounded by
+``fl.timeout_s x (rounds + 2)`` seconds, and every process started here, with all its descendants, is
+stopped at the end (``psutil``), also on error.
 """
 
 from __future__ import annotations
@@ -28,82 +32,31 @@ import socket
 import subprocess
 import sys
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import psutil
 import tomli_w
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
 from common.atomic import atomic_write_text
-from common.config import build
 from common.errors import SuiteError
 from common.experiment import RunContext, RunOutput
 from common.threads import limit_threads
 from fedgeo.augment import ClientData
-from fedgeo.fl.client_app import Setup, client_file, make_client_app, save_client
+from fedgeo.fl.app import RESULT_FILE, TEST_FILE, run_config
+from fedgeo.fl.client_app import client_file, save_client
 from fedgeo.fl.faults import check_clients
 from fedgeo.fl.loop import CheckpointPlan
 from fedgeo.fl.run import summarize, warn_if_not_converged
-from fedgeo.fl.server_app import RunSink, serve, wait_for_nodes
-from runners.fed import build_parts, checkpoint_plan, classifier_model, label_resume
+from fedgeo.fl.sink import RunSink
+from runners.fed import build_parts, checkpoint_plan, label_resume
 from runners.hydra_entry import CONF_DIR, hydra_cli, run_from_hydra
 
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "flower_app"
 HOST = "127.0.0.1"
-
-
-def setup_from_spec(spec: dict[str, Any], data_dir: str) -> Setup:
-    """The run's ``Setup`` from the plain spec every party receives in the run config."""
-    cfg = spec["config"]
-    augment = build(cfg["augment"], "augment").resolve(spec["partition_method"])
-    return Setup(
-        build(cfg["strategy"], "strategy"), classifier_model(cfg["model"]), augment, build(cfg["train"], "train"),
-        build(cfg["fl"], "fl"), spec["normalize"], spec["num_classes"], spec["num_domains"], spec["dim"],
-        spec["seed"], data_dir,
-    )  # fmt: skip
-
-
-@lru_cache(maxsize=4)
-def _client_setup(spec_json: str, data_dir: str) -> Setup:
-    return setup_from_spec(json.loads(spec_json), data_dir)
-
-
-def _node_setup(context: Context) -> Setup:
-    return _client_setup(str(context.run_config["spec"]), str(context.node_config.get("data-dir", "")))
-
-
-client_app = make_client_app(_node_setup)
-server_app = ServerApp()
-
-
-@server_app.main()
-def _server_main(grid: Grid, context: Context) -> None:
-    limit_threads()
-    spec = json.loads(str(context.run_config["spec"]))
-    setup = setup_from_spec(spec, "")
-    wait_for_nodes(grid, spec["num_clients"], setup.fl.timeout_s)
-    with np.load(spec["test_file"]) as z:
-        test = ClientData(z["X"], z["y"].astype(np.int64), z["domains"].astype(np.int64))
-    plan = (
-        CheckpointPlan(spec["checkpoint_file"], spec["checkpoint_key"]) if spec["checkpoint_file"] else None
-    )
-    sink = RunSink()
-    error = None
-    try:
-        serve(grid, setup, test, tuple(spec["domain_names"]), sink, plan)
-    except SuiteError as exc:  # e.g. fl.on_degraded=fail: the runner prints it as the run's error line
-        error = str(exc)
-    out = {"rounds": sink.rounds, "exchange": sink.exchange, "failures": sink.failures, "counts": sink.counts,
-           "resumed_round": sink.resumed_round, "error": error, "train": sink.train,
-           "lr_search": sink.lr_search}  # fmt: skip
-    atomic_write_text(spec["result_file"], json.dumps(out))
 
 
 def free_port() -> int:
@@ -132,22 +85,18 @@ def commands(work: Path, num_clients: int, link_port: int, node_ports: list[int]
 
 def write_inputs(parts: dict[str, Any], cfg: dict[str, Any], seed: int, work: Path, link_port: int,
                  plan: CheckpointPlan | None = None) -> None:  # fmt: skip
-    """Clients' raw sets, the test set, the run config (``spec``, with the checkpoint ``plan``) and the
-    Flower CLI config."""
+    """Clients' raw sets, the test set, the run config (``fedgeo.fl.app.run_config``, with the checkpoint
+    ``plan``) and the Flower CLI config."""
     work.mkdir(parents=True, exist_ok=True)
     for k, c in enumerate(parts["clients"]):
         save_client(client_file(work, k), c)
     test = parts["test"]
-    save_client(work / "test.npz", ClientData(test.features, test.labels, test.domains))
-    spec = {
-        "config": {k: cfg[k] for k in ("strategy", "model", "augment", "train", "fl")},
-        "partition_method": parts["partition_method"], "normalize": parts["normalize"],
-        "num_classes": test.num_classes, "num_domains": test.num_domains, "dim": test.dim, "seed": seed,
-        "domain_names": list(test.domain_names), "num_clients": len(parts["clients"]),
-        "test_file": str(work / "test.npz"), "result_file": str(work / "result.json"),
-        "checkpoint_file": plan.path if plan else "", "checkpoint_key": plan.key if plan else "",
-    }  # fmt: skip
-    atomic_write_text(work / "run_config.toml", tomli_w.dumps({"spec": json.dumps(spec)}))
+    save_client(work / TEST_FILE, ClientData(test.features, test.labels, test.domains))
+    values = run_config(
+        cfg, partition_method=parts["partition_method"], normalize=parts["normalize"], test=test, seed=seed,
+        num_clients=len(parts["clients"]), work=work, plan=plan,
+    )  # fmt: skip
+    atomic_write_text(work / "run_config.toml", tomli_w.dumps(values))
     home = work / "flwr_home"
     home.mkdir(exist_ok=True)
     conn = {
@@ -198,7 +147,7 @@ def wait_for_result(work: Path, procs: dict[str, subprocess.Popen], deadline: fl
     """The ServerApp's ``result.json``; ``SuiteError`` when the SuperLink or ``flwr run`` exits early or
     time runs out. A SuperNode that exits is not fatal: its missing replies are counted (timed out) and
     the run goes on with the others as far as ``fl.min_reply_fraction`` allows."""
-    result, run_done = work / "result.json", None
+    result, run_done = work / RESULT_FILE, None
     while not result.exists():
         dead = [n for n in ("superlink",) if procs[n].poll() is not None]
         rc = procs["run"].poll()
@@ -256,9 +205,7 @@ def body(ctx: RunContext) -> RunOutput:
     limit = fl.timeout_s * (fl.rounds + 2)
     t0 = time.perf_counter()
     res = run_deployment(work, len(parts["clients"]), link_port, limit, ctx.log)
-    sink = RunSink(rounds=res["rounds"], exchange=res["exchange"], failures=res["failures"],
-                   counts=res["counts"], resumed_round=res["resumed_round"], train=res["train"],
-                   lr_search=res["lr_search"])  # fmt: skip
+    sink = RunSink.from_report(res)
     for f in sink.failures:
         ctx.logger.event("client_failure", detail=f)
     for c in sink.counts:

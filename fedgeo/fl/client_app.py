@@ -19,7 +19,6 @@ A client finds its data as ``client_<partition-id>.npz`` in ``data-dir`` (node c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,35 +29,14 @@ from flwr.clientapp import ClientApp
 from common.atomic import atomic_savez
 from common.seeding import derive_seed
 from common.threads import limit_threads
-from fedgeo.augment import Augmenter, ClientData
-from fedgeo.classifier import TrainSettings
+from fedgeo.augment import ClientData
 from fedgeo.fl.checkpoint import load_client_state, save_client_state
 from fedgeo.fl.faults import inject
 from fedgeo.fl.lr_search import candidate_losses
 from fedgeo.fl.records import from_record, to_record
-from fedgeo.fl.settings import FLSettings
-from fedgeo.fl.strategy.base import FLStrategy
+from fedgeo.fl.setup import Setup
 from fedgeo.fl.training import LocalOpts, mean_loss, set_params
-from fedgeo.models import ClassifierModel
 from fedgeo.normalize import Normalizer, norm_stats
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every client of a run needs besides its data (built by the runner, sent with the app)."""
-
-    strategy: FLStrategy
-    model: ClassifierModel
-    augment: Augmenter
-    train: TrainSettings
-    fl: FLSettings
-    normalize: str
-    num_classes: int
-    num_domains: int
-    dim: int
-    seed: int
-    data_dir: str
-
 
 _CACHE: dict[str, ClientData] = {}
 
@@ -135,7 +113,7 @@ def _client_state(context: Context, setup: Setup, data_dir: str, k: int, rnd: in
 
 def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
     """The ``ClientApp`` of a run with a ``Setup``, or with a function that builds it from the node's
-    ``Context`` (a deployed SuperNode: ``fedgeo.fl.deploy``).
+    ``Context`` (a deployed SuperNode: ``fedgeo.fl.app``, from the run's ``run_config``).
 
     Longer than the suite's 60 lines on purpose: Flower registers message handlers as closures decorated on
     the app object, so the four handlers (``norm``, ``ggeur``, ``prepare`` queries and ``train``) live here,

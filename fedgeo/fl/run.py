@@ -18,12 +18,14 @@ from fedgeo.augment import Augmenter, ClientData
 from fedgeo.classifier import TrainSettings
 from fedgeo.data import EmbeddingDataset
 from fedgeo.fl.accounting import COUNT_KEYS, totals
-from fedgeo.fl.client_app import Setup, client_file, make_client_app, save_client
+from fedgeo.fl.client_app import client_file, make_client_app, save_client
 from fedgeo.fl.faults import check_clients
 from fedgeo.fl.loop import CheckpointPlan
-from fedgeo.fl.server_app import RunSink, make_server_app
+from fedgeo.fl.server_app import make_server_app
 from fedgeo.fl.settings import FLSettings
+from fedgeo.fl.setup import Setup
 from fedgeo.fl.simulation import run_inprocess, run_ray
+from fedgeo.fl.sink import RunSink
 from fedgeo.fl.strategy.base import FLStrategy
 from fedgeo.models import ClassifierModel
 

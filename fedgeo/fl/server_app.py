@@ -1,12 +1,14 @@
-"""The federation's ``ServerApp`` (Flower Message API) and the Flower strategy that carries ours.
+"""The federation's ``ServerApp`` (Flower Message API): the server's rounds of a run.
 
 ``make_server_app`` runs, in order: the normaliser round (``query.norm``), the GGEUR round
 (``query.ggeur``, only with ``augment=ggeur``), the preparation round (``query.prepare``: normaliser and
-global shapes down, clients build their sets once), then ``fl.rounds`` training rounds
-(``fedgeo.fl.loop.run_rounds``: Flower's round loop with reply accounting and checkpoints) of Flower's
-``FedAvg`` strategy whose training aggregation is our strategy's pure ``aggregate``. After every round the
-global model is scored on the test set (``evaluate_fn``); the round's bytes (up and down), wall time and
-reply counts are recorded in ``RunSink``.
+global shapes down, clients build their sets once), the learning-rate search (``query.lrsearch``, with
+``fl.lr_candidates``), then ``fl.rounds`` training rounds (``fedgeo.fl.loop.run_rounds``: Flower's round
+loop with reply accounting and checkpoints) of ``fedgeo.fl.flower_strategy.SuiteStrategy`` (Flower's
+``FedAvg`` whose training aggregation is our strategy's pure ``aggregate``). After every round the global
+model is scored on the test set (``evaluate_fn``); the round's bytes (up and down), wall time and reply
+counts are recorded in ``RunSink`` (``fedgeo.fl.sink``). ``serve`` is the whole run on a grid; the
+deployed app (``fedgeo.fl.app``) calls it with the settings of its ``run_config``.
 """
 
 from __future__ import annotations
@@ -14,61 +16,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp import strategy as flwr_strategy
 
 from common.errors import SuiteError
 from common.log import get_logger
 from fedgeo.augment import ClientData
 from fedgeo.federation import TestSet, evaluate
 from fedgeo.fl.accounting import count_replies
-from fedgeo.fl.client_app import Setup
+from fedgeo.fl.flower_strategy import SuiteStrategy, content_bytes
 from fedgeo.fl.loop import CheckpointPlan, record_count, run_rounds
 from fedgeo.fl.lr_search import pick_lr
-from fedgeo.fl.records import from_record, record_bytes, to_record
-from fedgeo.fl.strategy.base import ClientResult
+from fedgeo.fl.records import from_record, to_record
+from fedgeo.fl.setup import Setup
+from fedgeo.fl.sink import RunSink
 from fedgeo.fl.training import Arrays, get_params, set_params
 from fedgeo.normalize import Normalizer, NormStats, fit_from_stats, merge_norm_stats
 
 log = get_logger("fedgeo.fl")
-
-
-@dataclass
-class RunSink:
-    """What the server app reports back to the runner (it runs in the runner's process)."""
-
-    rounds: list[dict[str, float]] = field(default_factory=list)
-    exchange: dict[str, float] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    train: list[dict[str, float]] = field(default_factory=list)
-    lr_search: dict[str, float] = field(default_factory=dict)
-    counts: list[dict[str, Any]] = field(default_factory=list)  # fedgeo.fl.accounting rows, every round
-    on_round: Any = None  # callable(round, metrics) for live logging
-    on_count: Any = None  # callable(count row) for live logging
-    error: BaseException | None = None  # why the server app stopped early (re-raised by the runner)
-    resumed_round: int = 0  # the checkpoint's round a resumed run started after (0 = from scratch)
-
-    def progress(self) -> dict[str, Any]:
-        """What a checkpoint keeps of the run's records (the training rounds' part)."""
-        return {"rounds": self.rounds, "failures": [f for f in self.failures if f.startswith("round ")],
-                "counts": [c for c in self.counts if c["phase"] == "train"], "train": self.train}  # fmt: skip
-
-    def restore(self, progress: dict[str, Any]) -> None:
-        """Continue from a checkpoint's ``progress`` (this run's preparation records kept)."""
-        self.rounds = list(progress["rounds"])
-        self.failures = [f for f in self.failures if not f.startswith("round ")] + progress["failures"]
-        self.counts = [c for c in self.counts if c["phase"] != "train"] + progress["counts"]
-        self.train = list(progress.get("train", []))
-
-
-def _content_bytes(content: RecordDict) -> int:
-    return sum(record_bytes(r) for r in content.values() if isinstance(r, ArrayRecord))
 
 
 def exchange(grid: Grid, kind: str, contents: RecordDict, setup: Setup, sink: RunSink) -> list[Message]:
@@ -82,81 +50,13 @@ def exchange(grid: Grid, kind: str, contents: RecordDict, setup: Setup, sink: Ru
     for r in replies:
         if r.has_error():
             sink.failures.append(f"{kind}: node {r.metadata.src_node_id}: {r.error.reason}")
-    sink.exchange[f"bytes_down_{kind}"] = float(_content_bytes(contents) * len(nodes))
-    sink.exchange[f"bytes_up_{kind}"] = float(sum(_content_bytes(r.content) for r in good))
+    sink.exchange[f"bytes_down_{kind}"] = float(content_bytes(contents) * len(nodes))
+    sink.exchange[f"bytes_up_{kind}"] = float(sum(content_bytes(r.content) for r in good))
     if not good:
         raise SuiteError(
             f"federation: no client answered the {kind} round within {timeout:g} s ({sink.failures[-1:]})"
         )
     return good
-
-
-def _suite_strategy(base: type, spec, sink: RunSink, num_clients: int, kwargs: dict[str, Any]):
-    """A Flower strategy class derived from ``base`` whose training aggregation is ``spec``'s."""
-
-    class SuiteStrategy(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            super().__init__(**kwargs)
-            self.server_state: Arrays | None = None
-            self.global_arrays: Arrays | None = None
-            self.round_bytes = [0.0, 0.0]
-
-        def configure_train(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> Iterable[Message]:
-            self.global_arrays = from_record(arrays)
-            if self.server_state is None:
-                self.server_state = spec.init_server_state(self.global_arrays)
-            msgs = list(super().configure_train(server_round, arrays, config, grid))
-            payload = spec.payload(self.server_state)
-            for m in msgs:
-                if payload:
-                    m.content["payload"] = to_record(payload)
-            self.round_bytes = [float(sum(_content_bytes(m.content) for m in msgs)), 0.0]
-            return msgs
-
-        def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-            replies = list(replies)
-            for r in replies:
-                if r.has_error():
-                    sink.failures.append(
-                        f"round {server_round}: node {r.metadata.src_node_id}: {r.error.reason}"
-                    )
-            good = [r for r in replies if not r.has_error()]
-            self.round_bytes[1] = float(sum(_content_bytes(r.content) for r in good))
-            if not good:
-                return None, None
-            results = [
-                ClientResult(
-                    from_record(r.content["arrays"]),
-                    int(r.content["metrics"]["num-examples"]),
-                    from_record(r.content["extras"]) if "extras" in r.content else {},
-                )
-                for r in good
-            ]
-            new, self.server_state = spec.aggregate(
-                self.global_arrays, results, self.server_state, num_clients
-            )
-            stats = train_stats(server_round, [r.content["metrics"] for r in good])
-            sink.train.append(stats)
-            return to_record(new), MetricRecord({"train_loss": stats["train_loss"]})
-
-    return SuiteStrategy()
-
-
-def train_stats(rnd: int, metrics: list[Any]) -> dict[str, float]:
-    """One training round's facts from the replies' metrics: the global model's training loss before the
-    round (``loss_start``, nats, mean over the participants' training rows), the mean loss during local
-    training, and the fewest and most SGD steps a client took."""
-    n = np.array([float(m["n_train"]) for m in metrics])
-    steps = [int(m["local_steps"]) for m in metrics]
-    return {
-        "round": float(rnd),
-        "loss_start": float(np.average([float(m["loss_start"]) for m in metrics], weights=n)),
-        "train_loss": float(np.average([float(m["train_loss"]) for m in metrics], weights=n)),
-        "local_steps_min": float(min(steps)),
-        "local_steps_max": float(max(steps)),
-    }
 
 
 def make_server_app(
@@ -257,14 +157,13 @@ def train_rounds(grid: Grid, setup: Setup, test: TestSet, sink: RunSink, model: 
     clients training at learning rate ``lr``; the global model scored on ``test``."""
     fl = setup.fl
     nodes = list(grid.get_node_ids())
-    base = flwr_strategy.FedAvg  # its sampling and round loop; the aggregation is the suite strategy's
     kwargs: dict[str, Any] = {"fraction_train": fl.fraction, "fraction_evaluate": 0.0,
                               "min_train_nodes": fl.min_clients, "min_available_nodes": len(nodes)}  # fmt: skip
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
     flwr_log.setLevel(logging.ERROR)  # Flower warns that fraction_evaluate=0: the server evaluates instead
     try:
-        strat = _suite_strategy(base, setup.strategy, sink, len(nodes), kwargs)
+        strat = SuiteStrategy(setup.strategy, sink, len(nodes), **kwargs)
     finally:
         flwr_log.setLevel(level)
     clock = [time.perf_counter()]

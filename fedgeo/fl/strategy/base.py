@@ -10,13 +10,15 @@ A strategy is a frozen dataclass (its options, ``@schema("strategy", name)``) wi
 - ``init_server_state`` / ``payload``: server state (e.g. SCAFFOLD's control variate) and what of it goes
   down to the clients with the global model.
 
-``fedgeo.fl.server_app`` and ``fedgeo.fl.client_app`` carry these through Flower messages; tests check
-them on tiny problems by hand, without Flower.
+``fedgeo.fl.flower_strategy`` (server side) and ``fedgeo.fl.client_app`` carry these through Flower
+messages; tests check them on tiny problems by hand, without Flower. Every strategy class names itself by
+a class attribute, ``name = "fedprox"`` (its option's name).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from torch import nn
@@ -35,9 +37,15 @@ class ClientResult:
 
 @dataclass(frozen=True)
 class FLStrategy:
-    """Base of the ``strategy`` options. ``name``: the option's name (records and tables)."""
+    """Base of the ``strategy`` options.
 
-    name: str = ""
+    Attributes:
+        name: the option's name, a class attribute of every strategy (``FedAvg.name == "fedavg"``); the
+            config node carries it as ``strategy.name`` (``common.config.fixed_name``), which records and
+            tables group by.
+    """
+
+    name: ClassVar[str] = ""
 
     def init_server_state(self, params: Arrays) -> Arrays:
         return {}

@@ -13,4 +13,4 @@ from fedgeo.fl.strategy.base import FLStrategy
 class FedAvg(FLStrategy):
     """``strategy=fedavg``: the base class's client update and aggregation, no options."""
 
-    name: str = "fedavg"
+    name = "fedavg"

@@ -25,7 +25,7 @@ from fedgeo.fl.training import Arrays, LocalOpts, get_params, local_sgd, set_par
 class FedDyn(FLStrategy):
     """``strategy=feddyn``; ``alpha``: the regularisation weight (> 0)."""
 
-    name: str = "feddyn"
+    name = "feddyn"
     alpha: float = 0.01
 
     def __post_init__(self) -> None:

@@ -38,7 +38,7 @@ def ntd_loss(logits: torch.Tensor, global_logits: torch.Tensor, y: torch.Tensor,
 class FedNTD(FLStrategy):
     """``strategy=fedntd``; ``beta``: weight of the distillation term; ``tau``: its temperature."""
 
-    name: str = "fedntd"
+    name = "fedntd"
     beta: float = 1.0
     tau: float = 1.0
 

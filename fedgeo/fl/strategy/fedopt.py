@@ -68,7 +68,7 @@ class _FedOpt(FLStrategy):
 class FedAdam(_FedOpt):
     """``strategy=fedadam``: ``v = beta_2 v + (1 - beta_2) delta^2``."""
 
-    name: str = "fedadam"
+    name = "fedadam"
 
     def second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
         return self.beta_2 * v + (1 - self.beta_2) * d2
@@ -79,7 +79,7 @@ class FedAdam(_FedOpt):
 class FedYogi(_FedOpt):
     """``strategy=fedyogi``: ``v = v - (1 - beta_2) delta^2 sign(v - delta^2)``; default ``eta`` 0.01."""
 
-    name: str = "fedyogi"
+    name = "fedyogi"
     eta: float = 0.01
 
     def second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:

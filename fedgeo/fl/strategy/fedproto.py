@@ -38,7 +38,7 @@ def class_means(
 class FedProto(FLStrategy):
     """``strategy=fedproto``; ``lam``: weight of the prototype term."""
 
-    name: str = "fedproto"
+    name = "fedproto"
     lam: float = 1.0
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ from fedgeo.fl.training import LocalOpts, get_params, local_sgd, set_params
 class FedProx(FLStrategy):
     """``strategy=fedprox``; ``mu``: the proximal weight (>= 0; 0 is FedAvg)."""
 
-    name: str = "fedprox"
+    name = "fedprox"
     mu: float = 0.01
 
     def __post_init__(self) -> None:

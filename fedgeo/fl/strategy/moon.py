@@ -32,7 +32,7 @@ def contrastive_loss(z: torch.Tensor, z_glob: torch.Tensor, z_prev: torch.Tensor
 class Moon(FLStrategy):
     """``strategy=moon``; ``mu``: weight of the contrastive loss; ``tau``: its temperature."""
 
-    name: str = "moon"
+    name = "moon"
     mu: float = 1.0
     tau: float = 0.5
 

@@ -28,7 +28,7 @@ class Scaffold(FLStrategy):
     Local updates are plain SGD (``fl.momentum`` must be 0: the control update assumes it).
     """
 
-    name: str = "scaffold"
+    name = "scaffold"
     lr_global: float = 1.0
 
     def __post_init__(self) -> None:
