@@ -10,7 +10,6 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from common.config import install_schemas
 from tests.conftest import CONF_DIR
 
 ROOTS = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base")
@@ -49,7 +48,6 @@ def experiments() -> list[tuple[str, str]]:
 
 
 def _compose(root: str, overrides: list[str], tmp_path: Path):
-    install_schemas("common", "moe", "fedgeo")  # options that start from an @schema dataclass
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
