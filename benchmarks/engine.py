@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from benchmarks.engine_overhead import overhead_rank
 from benchmarks.timing import best_time
@@ -32,7 +31,7 @@ from common.threads import limit_threads
 from moe.engine.batches import BatchSource, slots_ranked
 from moe.engine.model import reference_forward
 from moe.engine.weights import dense_weights
-from runners.hydra_entry import CONF_DIR, install
+from runners.hydra_entry import CONF_DIR, install, to_plain
 from runners.moe_inputs import load_traces
 from runners.serve_body import model_spec, trace_config
 from runners.serve_launch import launch_local
@@ -53,7 +52,7 @@ def preset_config(overrides: list[str]) -> dict:
     install()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("serve", overrides=["experiment=serve_placements", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return to_plain(cfg)  # the mode as its name, as the runner records it
 
 
 def single_process_step_s(cfg: dict, repeats: int) -> float:

@@ -13,14 +13,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
-from omegaconf import OmegaConf
 
 from common.errors import ConfigError
 from common.experiment import run_experiment
 from moe.paper_numbers import PAPER_RESULTS
 from moe.placement.base import Placement
 from moe.report import comparison_rows, moe_comparison_report, moe_comparison_table
-from runners.hydra_entry import CONF_DIR
+from runners.hydra_entry import CONF_DIR, to_plain
 from runners.moe_place import make_placer, run
 from tests.conftest import needs_real_trace
 
@@ -37,7 +36,7 @@ def eval_override() -> str:
 def config(*overrides: str) -> dict:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="moe", overrides=[eval_override(), *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return to_plain(cfg)  # as the runner: the mode as its name
 
 
 QUICK = (
@@ -246,7 +245,7 @@ def test_cli_bad_config_is_one_clear_line(tmp_path):
     assert not (tmp_path / "result.json").exists()
 
 
-def test_trace_model_dims_replace_the_topology_values():
+def test_trace_model_dims_replace_the_topology_values(tmp_path):
     import pytest
 
     from common.errors import ConfigError
@@ -258,7 +257,11 @@ def test_trace_model_dims_replace_the_topology_values():
     out = src.topology_for(topo)
     assert out.bytes_per_token == 2048 * 2 and out.compute.expert_flops_per_token == 6 * 2048 * 1408
     assert topo.hidden_size == 4096  # the input is not modified
-    assert FileTrace(path="x.npz").topology_for(topo) is topo  # with a one-line warning
+    trace_file = tmp_path / "t.npz"
+    trace_file.write_bytes(b"")  # exists: the warning is about the missing dimensions, not the file
+    assert FileTrace(path=str(trace_file)).topology_for(topo) is topo  # with a one-line warning
+    with pytest.raises(ConfigError, match="trace.path"):  # a missing file is the error, before any warning
+        FileTrace(path="x.npz").topology_for(topo)
     explicit = FileTrace(path="x.npz", model={"bytes_per_token": 1000, "expert_flops_per_token": 5e6})
     assert explicit.topology_for(topo).bytes_per_token == pytest.approx(1000)
     with pytest.raises(ConfigError, match="trace.model"):
