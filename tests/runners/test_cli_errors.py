@@ -14,9 +14,10 @@ import pytest
 import runners.moe_place
 from runners import fed as fed_runner
 from runners import moe as moe_runner
+from runners import serve as serve_runner
 from runners.hydra_entry import hydra_cli
 
-RUNNERS = {"runners.moe": moe_runner.main, "runners.fed": fed_runner.main}
+RUNNERS = {"runners.moe": moe_runner.main, "runners.fed": fed_runner.main, "runners.serve": serve_runner.main}
 QUICK = ("trace=synthetic", "trace.tokens=2000", "eval.batch_tokens=512")
 
 
@@ -69,6 +70,22 @@ def cli(module: str, *args: str, tmp_path: Path, monkeypatch, capsys) -> tuple[i
             "runners.fed",
             ["dataset=file", "dataset.path=/nonexistent.npz", "fl.rounds=-3"],
             "error: config key 'fl.rounds'",  # refused before the (missing) data is read
+        ),
+        (
+            "runners.serve",
+            ["mode=place"],
+            "error: config key 'mode': expected one of ['calibrate', 'compare', 'serve']",
+        ),
+        # no calibrate warning ("measuring on this CPU") before these
+        (
+            "runners.serve",
+            ["mode=calibrate", "calibrate.repeats=-1"],
+            "error: config key 'calibrate.repeats'",
+        ),
+        (
+            "runners.serve",
+            ["mode=calibrate", "calibrate.token_counts=[0]"],
+            "error: config key 'calibrate.token_counts'",
         ),
         (
             "runners.moe",
