@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
+    ConfigAttributeError,
     ConfigKeyError,
     InterpolationResolutionError,
     MissingMandatoryValue,
@@ -211,19 +212,32 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def _override_key(exc: BaseException, cause: BaseException | None) -> str | None:
+    """The key of the override Hydra could not apply, ``None`` when the error is about no override.
+
+    From the OmegaConf error behind it when there is one (its ``full_key``); Hydra's own composition errors
+    (``No match in the defaults list``, ``Could not override``) are raised without a cause or key attribute,
+    so for them the key is read from the message, the only place Hydra 1.3 puts it.
+    """
+    full_key = getattr(cause, "full_key", None)
+    if isinstance(cause, OmegaConfBaseException) and full_key:
+        return str(full_key)
+    text = str(exc)
+    found = re.search(r"override '([^']+)'", text) or re.search(r"override ([^=\s]+)=", text)
+    return found.group(1) if found else None
+
+
 def composition_message(exc: BaseException, conf_dir: str = CONF_DIR) -> str:
     """One line for a config Hydra could not compose: the key, what is wrong, what to do."""
-    text = str(exc)
     cause = exc.__cause__ or exc.__context__
-    key = re.search(r"override '([^']+)'", text) or re.search(r"override ([^=\s]+)=", text)
-    if key is None:
+    name = _override_key(exc, cause)
+    if name is None:
         detail = f" ({_first_line(cause)})" if cause is not None else ""
         return f"bad config: {_first_line(exc)}{detail}"
-    name = key.group(1)
     groups = sorted(p.relative_to(conf_dir).as_posix() for p in Path(conf_dir).rglob("*") if p.is_dir())
-    if "No match in the defaults list" in text or ("." not in name and name not in groups):
+    if "No match in the defaults list" in str(exc) or ("." not in name and name not in groups):
         return f"'{name}' is neither a config group nor a config key (groups: {', '.join(groups)})"
-    if isinstance(cause, ConfigKeyError) or "Key '" in str(cause):
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError):  # an unknown key under struct mode
         return f"config key '{name}' does not exist (check its spelling; to add a new key: +{name}=...)"
     return f"config key '{name}': {_first_line(cause) if cause is not None else _first_line(exc)}"
 
