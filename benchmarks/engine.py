@@ -22,18 +22,16 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from benchmarks.engine_overhead import overhead_rank
 from benchmarks.timing import best_time
-from common.config import install_schemas
 from common.experiment import RunContext, RunOutput, run_experiment
 from common.log import get_logger
 from common.threads import limit_threads
 from moe.engine.batches import BatchSource, slots_ranked
 from moe.engine.model import reference_forward
 from moe.engine.weights import dense_weights
-from runners.hydra_entry import CONF_DIR
+from runners.hydra_entry import CONF_DIR, install, to_plain
 from runners.moe_inputs import load_traces
 from runners.serve_body import model_spec, trace_config
 from runners.serve_launch import launch_local
@@ -51,10 +49,10 @@ PLACEMENT_KEYS = (
 
 def preset_config(overrides: list[str]) -> dict:
     """The resolved ``serve`` config of the preset (same composition as the runner)."""
-    install_schemas("moe")
+    install()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("serve", overrides=["experiment=serve_placements", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return to_plain(cfg)  # the mode as its name, as the runner records it
 
 
 def single_process_step_s(cfg: dict, repeats: int) -> float:

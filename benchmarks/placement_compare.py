@@ -24,10 +24,11 @@ from moe.placement.profiled import ProfiledProblem
 from moe.stats import cross_layer_counts, expert_load
 from moe.topology import topology_from_config
 from moe.trace_source import trace_source
-from runners.hydra_entry import CONF_DIR
+from runners.hydra_entry import CONF_DIR, install, to_plain
 
 
 def _configs(trace: str, topo: str, seed: int, placements: list[str], extra: list[str]) -> tuple[dict, dict]:
+    install()
     cap = float(os.environ.get("CAP", "10"))
     base = [f"trace={trace}", f"topology={topo}", "trace.max_tokens=60000", "eval.batch_tokens=2048"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -42,7 +43,7 @@ def _configs(trace: str, topo: str, seed: int, placements: list[str], extra: lis
             )["placement"]
             for p in placements
         }
-    return OmegaConf.to_container(cfg, resolve=True), pcfgs  # type: ignore[return-value]
+    return to_plain(cfg), pcfgs  # the mode as its name, as the runner records it
 
 
 def main(argv: list[str]) -> None:

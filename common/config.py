@@ -3,17 +3,19 @@
 How a config becomes an object (docs/architecture.md):
 
 1. An algorithm module declares its options as a dataclass (the one place for defaults and types) and marks
-   it with ``@schema("placement", "moetuner")``. The decorator only records the class: algorithm modules
-   never import Hydra.
-2. ``install_schemas("moe", "fedgeo")`` (called by every runner and the test fixtures before Hydra composes)
-   imports the packages' modules and stores each schema in ``ConfigStore`` as ``schema/<group>/<name>``,
-   with a ``_target_`` field naming the class.
-3. The option's YAML (``conf/placement/moetuner.yaml``) starts from that schema::
+   it with ``@schema("placement", "moetuner")``. The decorator only marks the class: algorithm modules
+   never import Hydra, and importing them registers nothing.
+2. Each package lists its schema classes in one place (``common/schemas.py``, ``moe/schemas.py``,
+   ``fedgeo/schemas.py``). ``install_schemas(*classes)``, called once before Hydra composes (by
+   ``runners.hydra_entry.hydra_cli`` and by the test fixture), stores each in ``ConfigStore`` as
+   ``schema/<group>/<name>``, with a ``_target_`` field naming the class.
+3. The option's YAML (``conf/placement/moetuner.yaml``) starts from that schema and writes only what differs
+   from it (the ``_target_`` comes with the schema)::
 
        defaults:
          - /schema/placement/moetuner@_here_
          - _self_
-       _target_: moe.placement.moetuner.MoETuner
+       label: moetuner
 
    Struct mode then rejects unknown keys and converts types (``gap: 1`` becomes ``1.0``) at compose time.
    A class that names itself by a class attribute ``name`` (and has no ``label``) gets a fixed ``name``
@@ -26,9 +28,6 @@ How a config becomes an object (docs/architecture.md):
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import pkgutil
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -37,44 +36,35 @@ from common.errors import ConfigError, SuiteError
 
 T = TypeVar("T")
 
-_SCHEMAS: dict[tuple[str, str], type] = {}
+_MARK = "__schema_options__"
 _INSTALLED: set[tuple[str, str]] = set()
 
 
 def schema(group: str, name: str) -> Callable[[type[T]], type[T]]:
     """Class decorator: ``cls`` (a dataclass) is the options schema of option ``name`` of config ``group``.
 
-    Stored by ``install_schemas`` as ``schema/<group>/<name>`` with ``_target_`` set to ``cls``.
+    It only marks the class (no registry, no import of Hydra): the package's schema list
+    (``moe/schemas.py``, ``fedgeo/schemas.py``, ``common/schemas.py``) names the class, and
+    ``install_schemas`` stores it as ``schema/<group>/<name>`` with ``_target_`` set to ``cls``.
     """
 
-    def register(cls: type[T]) -> type[T]:
+    def mark(cls: type[T]) -> type[T]:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"@schema({group!r}, {name!r}) needs a dataclass, got {cls!r}")
-        _SCHEMAS[(group, name)] = cls
+        setattr(cls, _MARK, (*cls.__dict__.get(_MARK, ()), (group, name)))
         return cls
 
-    return register
+    return mark
 
 
-def registered(group: str | None = None) -> dict[tuple[str, str], type]:
-    """The schemas declared so far: ``{(group, name): class}``, optionally of one group."""
-    return {k: v for k, v in _SCHEMAS.items() if group is None or k[0] == group}
+def schema_options(cls: type) -> tuple[tuple[str, str], ...]:
+    """The ``(group, name)`` options that ``cls`` itself declares with ``@schema`` (not its base classes')."""
+    return tuple(cls.__dict__.get(_MARK, ()))
 
 
-def import_package(package: str) -> None:
-    """Import the modules below ``package`` that declare a schema (their source has ``@schema(``).
-
-    Reading the source first keeps start-up fast: modules without options (recorders, plots) stay unloaded.
-    """
-    pkg = importlib.import_module(package)
-    for info in pkgutil.walk_packages(getattr(pkg, "__path__", []), prefix=f"{package}."):
-        spec = importlib.util.find_spec(info.name)
-        origin = getattr(spec, "origin", None)
-        if info.ispkg or not origin or not origin.endswith(".py"):
-            continue
-        with open(origin, encoding="utf-8") as fh:
-            if "@schema(" in fh.read():
-                importlib.import_module(info.name)
+def registered(schemas: Iterable[type], group: str | None = None) -> dict[tuple[str, str], type]:
+    """``{(group, name): class}`` of the classes in ``schemas``, optionally of one group."""
+    return {opt: cls for cls in schemas for opt in schema_options(cls) if group is None or opt[0] == group}
 
 
 def _with_target(cls: type) -> type:
@@ -103,21 +93,27 @@ def _with_target(cls: type) -> type:
     return dataclasses.make_dataclass(f"{cls.__name__}Conf", spec)
 
 
-def install_schemas(*packages: str) -> None:
-    """Import ``packages`` (default: none beyond those already imported) and store every declared schema.
+def install_schemas(*schemas: type) -> None:
+    """Store every option that the classes ``schemas`` declare (``@schema``) in Hydra's ``ConfigStore``.
 
-    Idempotent: a schema is stored once per process.
+    Called once, before Hydra composes: by ``runners.hydra_entry.hydra_cli`` (every runner) and by the test
+    fixture, with the packages' lists (``runners.hydra_entry.SCHEMAS``). Idempotent.
+
+    Raises:
+        TypeError: a class without ``@schema``.
     """
     from hydra.core.config_store import ConfigStore
 
-    for package in packages:
-        import_package(package)
     store = ConfigStore.instance()
-    for (group, name), cls in _SCHEMAS.items():
-        if (group, name) in _INSTALLED:
-            continue
-        store.store(group=f"schema/{group}", name=name, node=_with_target(cls))
-        _INSTALLED.add((group, name))
+    for cls in schemas:
+        options = schema_options(cls)
+        if not options:
+            raise TypeError(f"{cls!r} is in a schema list but declares no @schema(group, name)")
+        for group, name in options:
+            if (group, name) in _INSTALLED:
+                continue
+            store.store(group=f"schema/{group}", name=name, node=_with_target(cls))
+            _INSTALLED.add((group, name))
 
 
 def fixed_name(cls: type) -> str | None:

@@ -232,11 +232,15 @@ class FileTrace(TraceSource):
                 "slot_order", f"expected one of {list(SLOT_ORDERS)} or null, got {self.slot_order!r}"
             )
 
-    def generate(self, seed: int) -> Trace:
+    def resolved_path(self) -> Path:
+        """The trace file (``resolve_trace_path``); a missing one is refused naming ``trace.path``."""
         resolved = resolve_trace_path(self.path)
         if not resolved.is_file():
             raise ConfigError("trace.path", f"trace file not found: {self.path} (looked at {resolved})")
-        trace = load_trace(resolved)
+        return resolved
+
+    def generate(self, seed: int) -> Trace:
+        trace = load_trace(self.resolved_path())
         order = self.slot_order or trace.slot_order
         if order is None:
             raise ConfigError(
@@ -249,6 +253,7 @@ class FileTrace(TraceSource):
 
     def topology_for(self, topology: Topology) -> Topology:
         if self.model.empty:
+            self.resolved_path()  # a missing file is the error to report, not the dimensions it lacks
             _log.warning(
                 f"trace {self.name}: trace.model not set; token bytes and expert FLOPs are topology "
                 f"{topology.name}'s (set trace.model.hidden_size and trace.model.expert_ffn)"

@@ -1,139 +1,29 @@
 """``python -m runners.fed mode=fl|local dataset=... partition=... augment=ggeur|none strategy=... model=...``.
 
-A recipe: build the dataset, partition, augmenter, model (and strategy), run, record. The algorithms live
-in ``fedgeo`` (``fedgeo.local`` for ``mode=local``, ``fedgeo.fl`` for ``mode=fl``); every option is a
-``@schema`` dataclass built from its YAML (``common.config``). The partition is saved with the run.
+The ``mode`` config group (``conf/mode/``) names each mode's function: ``mode=fl`` (the default,
+``runners.fed_modes.fl``) and ``mode=local`` (``runners.fed_modes.local``), which also hold the recipe
+(``build_parts``) that ``runners.fed_deploy`` shares.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from common.config import build, install_schemas
-from common.errors import ConfigError
 from common.experiment import RunContext, RunOutput
 from common.threads import limit_threads
-from fedgeo.federation import client_datasets
-from fedgeo.fl.checkpoint import NAME as CHECKPOINT
-from fedgeo.fl.checkpoint import checkpoint_key, find_checkpoint, prepare_folder
-from fedgeo.fl.loop import CheckpointPlan
-from fedgeo.fl.run import run_federated
-from fedgeo.fl.settings import FLSettings
-from fedgeo.local import run_local
-from fedgeo.models import ClassifierModel
-from runners.hydra_entry import CONF_DIR, hydra_cli, job_roots, run_from_hydra
+from runners.fed_modes import build_parts, checkpoint_plan, classifier_model, label_resume
+from runners.hydra_entry import CONF_DIR, hydra_cli, mode_function, run_from_hydra
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-install_schemas("fedgeo")
-
-
-def classifier_model(node: Mapping[str, Any]) -> ClassifierModel:
-    """The ``model`` option, refused in one line unless it is a classifier on embeddings."""
-    target = str(node.get("_target_", ""))
-    try:
-        cls = get_class(target)
-    except Exception:  # noqa: BLE001 - any import failure means it is not one of ours
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, ClassifierModel)):
-        raise ConfigError(
-            "model", f"{target or node!r} is not a classifier on embeddings (use model=linear or model=mlp)"
-        )
-    return build(node, "model")
-
-
-def _local(ctx: RunContext, parts: dict[str, Any]) -> RunOutput:
-    return run_local(
-        parts["clients"], parts["test"], parts["normalize"], parts["augment"], parts["model"],
-        parts["train"], ctx.seed, ctx.logger,
-    )  # fmt: skip
-
-
-def _fl(ctx: RunContext, parts: dict[str, Any]) -> RunOutput:
-    fl = parts["fl"]
-    work = ctx.artifact("fl")
-    plan, source = checkpoint_plan(ctx, fl, work)
-    out = run_federated(
-        parts["clients"], parts["test"], parts["normalize"], parts["augment"], parts["model"],
-        parts["strategy"], parts["train"], fl, ctx.seed, ctx.logger, work, plan,
-    )  # fmt: skip
-    return label_resume(out, source)
-
-
-def checkpoint_roots(ctx: RunContext) -> list[Path]:
-    """Where ``resume=true`` looks for a checkpoint: this run's folder first, then ``resume_dir`` (relative
-    to the launch folder) or this sweep's folder, as for run records (``runners.hydra_entry.resume_roots``)."""
-    if not HydraConfig.initialized():
-        named = ctx.config.get("resume_dir")
-        return [ctx.run_dir, *([Path(named)] if named else [])]
-    return [ctx.run_dir, *job_roots(ctx.config.get("resume_dir"))]
-
-
-def checkpoint_plan(ctx: RunContext, fl: FLSettings, work: Path) -> tuple[CheckpointPlan | None, Path | None]:
-    """The server's checkpoint plan in ``work`` (``None`` with ``fl.checkpoint=false``) and, with
-    ``resume=true``, the unfinished run's checkpoint it continues from (copied into ``work``)."""
-    if not fl.checkpoint:
-        return None, None
-    key = checkpoint_key(ctx.config)
-    source = find_checkpoint(checkpoint_roots(ctx), key) if ctx.config.get("resume", False) else None
-    rnd = prepare_folder(work, source)
-    if source is not None:
-        ctx.log.info(f"resume: continuing after round {rnd} of {source}")
-        ctx.logger.event("resume", checkpoint=str(source), round=rnd)
-    return CheckpointPlan(str(work / CHECKPOINT), key), source
-
-
-def label_resume(out: RunOutput, source: Path | None) -> RunOutput:
-    """Label a run that continued from a checkpoint with where it came from."""
-    if source is not None:
-        out.labels["resumed_from_checkpoint"] = str(source)
-    return out
-
-
-MODES: dict[str, Callable[[RunContext, dict[str, Any]], RunOutput]] = {"local": _local, "fl": _fl}
+__all__ = ["body", "build_parts", "checkpoint_plan", "classifier_model", "label_resume", "main"]
 
 
 def body(ctx: RunContext) -> RunOutput:
-    limit_threads()
-    mode = ctx.config.get("mode")
-    if mode not in MODES:
-        raise ConfigError("mode", f"expected one of {sorted(MODES)}, got {mode!r}")
-    return MODES[mode](ctx, build_parts(ctx))
-
-
-def build_parts(ctx: RunContext) -> dict[str, Any]:
-    """Dataset, partition (saved with the run), clients' raw sets, test set, normaliser kind, augmenter
-    (resolved for the partition), model and training settings, from the run's config."""
-    cfg = ctx.config
-    fl = build(cfg["fl"], "fl")  # every option is checked before any data is read
-    strategy = build(cfg["strategy"], "strategy") if cfg.get("mode") == "fl" else None
-    source = build(cfg["dataset"], "dataset")
-    partitioner = build(cfg["partition"], "partition")
-    augment = build(cfg["augment"], "augment").resolve(partitioner.method)
-    model = classifier_model(cfg["model"])
-    train = build(cfg["train"], "train")
-    train_set, test_set = source.load(cfg.get("paths", {}), ctx.seed)
-    ctx.log.info(
-        f"dataset {train_set.name}: {len(train_set)} train / {len(test_set)} test, d={train_set.dim}, C={train_set.num_classes}"
-    )
-    part = partitioner.split(train_set, ctx.seed)
-    part.save(ctx.artifact("partition.npz"), ctx.artifact("partition.json"))
-    ctx.logger.event(
-        "partition", method=part.method, hash=part.hash, sizes=[int(i.size) for i in part.client_indices]
-    )
-    parts = {
-        "clients": client_datasets(train_set, part), "test": test_set, "normalize": source.normalize,
-        "augment": augment, "model": model, "train": train,
-        "partition_method": partitioner.method, "fl": fl, "strategy": strategy,
-    }  # fmt: skip
-    return parts
+    """The run of ``ctx.config["mode"]`` (its function from ``conf/mode/<mode>.yaml``)."""
+    return mode_function("fed", ctx.config.get("mode"))(ctx)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="fed", version_base="1.3")
@@ -143,4 +33,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     limit_threads()
-    hydra_cli(main)
+    hydra_cli(main, "fed")

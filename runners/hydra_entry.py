@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,18 +18,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
+    ConfigAttributeError,
     ConfigKeyError,
     InterpolationResolutionError,
     MissingMandatoryValue,
     OmegaConfBaseException,
 )
 
-from common.config import install_schemas
-from common.errors import SuiteError
+from common.config import build, install_schemas
+from common.errors import ConfigError, SuiteError
 from common.experiment import RunContext, RunOutput, run_experiment
 from common.log import announce, set_console_level
 from common.records import RunRecord
+from common.schemas import SCHEMAS as COMMON_SCHEMAS
 from common.threads import limit_threads
+from fedgeo.schemas import SCHEMAS as FEDGEO_SCHEMAS
+from moe.schemas import SCHEMAS as MOE_SCHEMAS
 from runners.job_line import job_line
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -37,8 +41,14 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-# Every option schema of the suite's packages, in Hydra's ConfigStore before any config is composed.
-install_schemas("common", "moe", "fedgeo")
+# Every option schema of the suite: each package's one list (common/schemas.py, moe/schemas.py, fedgeo/schemas.py).
+SCHEMAS: tuple[type, ...] = (*COMMON_SCHEMAS, *MOE_SCHEMAS, *FEDGEO_SCHEMAS)
+
+
+def install() -> None:
+    """Store every schema in Hydra's ``ConfigStore`` (``schema/<group>/<name>``) before any config is
+    composed: called by ``hydra_cli`` and by what composes without it (the test fixture, benchmarks)."""
+    install_schemas(*SCHEMAS)
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
@@ -62,7 +72,57 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
         fail(f"bad config: {exc}")
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
+    if isinstance(plain.get("mode"), Mapping):
+        plain["mode"] = mode_name(plain["mode"])
     return plain  # type: ignore[return-value]
+
+
+def mode_options(runner: str | None = None, conf_dir: str = CONF_DIR) -> dict[str, dict[str, Any]]:
+    """The options of the ``mode`` group (``conf/mode/<name>.yaml``), ``{name: node}``; with ``runner``
+    (``moe``, ``fed``, ``serve``) only that runner's: those whose function lives in a ``runners.<runner>_*``
+    module."""
+    out = {}
+    for path in sorted((Path(conf_dir) / "mode").glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        assert isinstance(node, dict)
+        if runner is None or str(node.get("_target_", "")).startswith(f"runners.{runner}_"):
+            out[path.stem] = node
+    return out
+
+
+def mode_name(node: Mapping[str, Any], conf_dir: str = CONF_DIR) -> Any:
+    """The name of the ``mode`` option whose node is ``node`` (``place`` for ``conf/mode/place.yaml``): run
+    records keep the name, as they did before modes were a config group (same config hash, same tables).
+    A node that is no option's comes back unchanged (the runner refuses it)."""
+    for name, option in mode_options(None, conf_dir).items():
+        if dict(node) == option:
+            return name
+    return dict(node)
+
+
+def mode_function(runner: str, name: Any, conf_dir: str = CONF_DIR) -> Callable[..., Any]:
+    """The function of mode ``name`` of ``runners.<runner>`` (built from ``conf/mode/<name>.yaml``).
+
+    Raises:
+        ConfigError: ``name`` is not one of the runner's modes.
+    """
+    options = mode_options(runner, conf_dir)
+    if not isinstance(name, str) or name not in options:
+        raise ConfigError("mode", f"expected one of {sorted(options)}, got {name!r}")
+    return build(options[name], "mode")
+
+
+def check_mode_override(argv: list[str], runner: str, conf_dir: str = CONF_DIR) -> None:
+    """Refuse ``mode=<name>`` (or a sweep ``mode=a,b``) that is not one of ``runners.<runner>``'s modes, in one
+    line, before Hydra runs (another runner's mode composes but would fail late)."""
+    options = sorted(mode_options(runner, conf_dir))
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") != "mode" or not value or "(" in value:
+            continue
+        for v in value.split(","):
+            if v not in options:
+                fail(f"config key 'mode': expected one of {options}, got {v!r}")
 
 
 def sweep_dir() -> Path | None:
@@ -152,25 +212,39 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def _override_key(exc: BaseException, cause: BaseException | None) -> str | None:
+    """The key of the override Hydra could not apply, ``None`` when the error is about no override.
+
+    From the OmegaConf error behind it when there is one (its ``full_key``); Hydra's own composition errors
+    (``No match in the defaults list``, ``Could not override``) are raised without a cause or key attribute,
+    so for them the key is read from the message, the only place Hydra 1.3 puts it.
+    """
+    full_key = getattr(cause, "full_key", None)
+    if isinstance(cause, OmegaConfBaseException) and full_key:
+        return str(full_key)
+    text = str(exc)
+    found = re.search(r"override '([^']+)'", text) or re.search(r"override ([^=\s]+)=", text)
+    return found.group(1) if found else None
+
+
 def composition_message(exc: BaseException, conf_dir: str = CONF_DIR) -> str:
     """One line for a config Hydra could not compose: the key, what is wrong, what to do."""
-    text = str(exc)
     cause = exc.__cause__ or exc.__context__
-    key = re.search(r"override '([^']+)'", text) or re.search(r"override ([^=\s]+)=", text)
-    if key is None:
+    name = _override_key(exc, cause)
+    if name is None:
         detail = f" ({_first_line(cause)})" if cause is not None else ""
         return f"bad config: {_first_line(exc)}{detail}"
-    name = key.group(1)
     groups = sorted(p.relative_to(conf_dir).as_posix() for p in Path(conf_dir).rglob("*") if p.is_dir())
-    if "No match in the defaults list" in text or ("." not in name and name not in groups):
+    if "No match in the defaults list" in str(exc) or ("." not in name and name not in groups):
         return f"'{name}' is neither a config group nor a config key (groups: {', '.join(groups)})"
-    if isinstance(cause, ConfigKeyError) or "Key '" in str(cause):
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError):  # an unknown key under struct mode
         return f"config key '{name}' does not exist (check its spelling; to add a new key: +{name}=...)"
     return f"config key '{name}': {_first_line(cause) if cause is not None else _first_line(exc)}"
 
 
-def hydra_cli(main: Callable[[], Any]) -> None:
-    """Run a ``@hydra.main`` function after checking the command line's group overrides.
+def hydra_cli(main: Callable[[], Any], runner: str | None = None) -> None:
+    """Run a ``@hydra.main`` function after checking the command line's group overrides (``mode=`` against
+    ``runner``'s modes when it is given) and installing the schemas (``install``).
 
     The console shows warnings, errors and one line per job; ``-v`` (or ``log.level=info|debug``) shows the
     details, which every run also writes to its ``events.jsonl``. A config Hydra cannot compose (unknown key or group, a value of the wrong type) and Ctrl-C each end in
@@ -180,8 +254,11 @@ def hydra_cli(main: Callable[[], Any]) -> None:
     sys.argv = [a for a in sys.argv if a not in verbose]
     os.environ["SUITE_LOG_LEVEL"] = "INFO" if verbose else os.environ.get("SUITE_LOG_LEVEL", "WARNING")
     set_console_level(os.environ["SUITE_LOG_LEVEL"])
+    if runner is not None:
+        check_mode_override(sys.argv[1:], runner)
     check_group_overrides(sys.argv[1:])
     limit_threads()
+    install()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let the errors reach this function instead of Hydra's printer
     try:
         main()

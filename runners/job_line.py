@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, Override
 from omegaconf import OmegaConf
 
 from common.records import RunRecord
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # The metric a job line shows, first one present wins.
 HEADLINE = (
@@ -28,7 +31,16 @@ HEADLINE = (
 )
 
 
-def sweep_size(multirun_yaml: Path) -> int | None:
+def _sweep_length(override: Override, conf_dir: Path) -> int:
+    """Values of one sweep override; ``glob(...)`` counts the matching options of its group in ``conf_dir``."""
+    value = override.value()
+    if isinstance(value, Glob):
+        options = sorted(p.stem for p in (conf_dir / override.key_or_group).glob("*.yaml"))
+        return len(value.filter(options))
+    return len(list(override.sweep_iterator()))
+
+
+def sweep_size(multirun_yaml: Path, conf_dir: Path = CONF_DIR) -> int | None:
     """Jobs in the sweep that ``multirun.yaml`` describes (the product of its sweep lists); ``None`` if
     it cannot be read."""
     try:
@@ -42,9 +54,9 @@ def sweep_size(multirun_yaml: Path) -> int | None:
     task += [f"{k}={v}" for k, v in params.items() if k not in given]
     try:
         parsed = OverridesParser.create().parse_overrides(task)
-    except Exception:
+        return math.prod(_sweep_length(o, conf_dir) for o in parsed if o.is_sweep_override())
+    except Exception:  # an unreadable sweep only costs the progress estimate
         return None
-    return math.prod(len(list(o.sweep_iterator())) for o in parsed if o.is_sweep_override())
 
 
 def _duration(seconds: float) -> str:

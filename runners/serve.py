@@ -19,15 +19,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.errors import RecordError, SuiteError
 from common.records import read_record
-from runners.hydra_entry import CONF_DIR, announce_job, fail, hydra_cli, job_roots, run_from_hydra, to_plain
-from runners.serve_body import MOE_MODEL_TARGET, model_spec, serve_rank
-from runners.serve_calibrate import calibrate_body
-from runners.serve_compare import compare_rank
+from runners.hydra_entry import (
+    CONF_DIR,
+    announce_job,
+    fail,
+    hydra_cli,
+    job_roots,
+    mode_function,
+    run_from_hydra,
+    to_plain,
+)
+from runners.serve_body import MOE_MODEL_TARGET, model_spec
 from runners.serve_launch import env_rank, launch_local, run_rank, under_torchrun
 from runners.serve_shapes import follow_trace
 
-RANK_FNS = {"serve": serve_rank, "compare": compare_rank}
-MODES = (*RANK_FNS, "calibrate")
+IN_PROCESS = "calibrate"  # the mode that runs in this process; the others (serve, compare) on every rank
 
 
 def _announce_done(run_dir: str) -> None:
@@ -41,20 +47,17 @@ def _announce_done(run_dir: str) -> None:
 
 @hydra.main(config_path=CONF_DIR, config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    mode = cfg.get("mode")
-    if mode not in MODES:
-        fail(f"config key 'mode': expected one of {list(MODES)}, got {mode!r}")
     try:
         plain = follow_trace(to_plain(cfg), list(HydraConfig.get().overrides.task))
+        fn = mode_function("serve", plain.get("mode"))  # conf/mode/<mode>.yaml
         model_spec(plain)  # refuse a non-MoE model before any rank starts
     except SuiteError as exc:
         fail(str(exc))
-    if mode == "calibrate":
-        run_from_hydra(cfg, "serve", calibrate_body)
+    if plain["mode"] == IN_PROCESS:
+        run_from_hydra(cfg, "serve", fn)
         return
     run_dir = str(HydraConfig.get().runtime.output_dir)
     roots = [str(r) for r in job_roots(plain.get("resume_dir"))]
-    fn = RANK_FNS[mode]
     if under_torchrun():
         run_rank(fn, plain, run_dir, roots)
         if env_rank() == 0:
@@ -100,4 +103,4 @@ def _quiet_non_zero_ranks(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], *_quiet_non_zero_ranks(sys.argv[1:])]
     check_model_override(sys.argv[1:])
-    hydra_cli(main)
+    hydra_cli(main, "serve")

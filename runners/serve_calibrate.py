@@ -44,6 +44,13 @@ def _counts(cal: dict[str, Any]) -> list[int]:
     return sorted(set(counts))
 
 
+def _repeats(cal: dict[str, Any]) -> int:
+    repeats = cal.get("repeats", 5)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError("calibrate.repeats", f"expected a positive integer, got {repeats!r}")
+    return repeats
+
+
 def calibrate_body(ctx: RunContext) -> RunOutput:
     limit_threads()
     cfg = ctx.config
@@ -51,6 +58,7 @@ def calibrate_body(ctx: RunContext) -> RunOutput:
     opts: EngineOptions = build(cfg["engine"], "engine")
     cal = dict(cfg.get("calibrate") or {})
     device = calibration_device(cal.get("device", "auto"))
+    repeats, counts = _repeats(cal), _counts(cal)  # every value checked before the first warning
     log = get_logger("serve")
     if device.type == "cpu":
         log.warning("calibrate: no CUDA GPU used: measuring on this CPU (fp32); these times describe the CPU")
@@ -59,8 +67,6 @@ def calibrate_body(ctx: RunContext) -> RunOutput:
         if opts.dtype != "auto"
         else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     )
-    repeats = int(cal.get("repeats", 5))
-    counts = _counts(cal)
     w = expert_weights(ctx.seed, 0, 0, spec.hidden_size, spec.ffn_size).to(device, dtype)
     times = []
     for n in counts:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.config import install_schemas
 from common.threads import limit_threads
+from runners.hydra_entry import install
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -23,7 +23,6 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SUITE_PROGRESS", "0")
 limit_threads()  # one BLAS / torch thread per process, as the runners: two cores, noisy neighbours
-install_schemas("moe")  # the moe config groups compose from @schema dataclasses
 
 
 def shared_file(rel: str) -> Path:
@@ -32,6 +31,12 @@ def shared_file(rel: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs the shared data file ../shared/{rel}, which is absent here")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def schemas() -> None:
+    """Every option schema in Hydra's ConfigStore before a test composes (what ``hydra_cli`` does first)."""
+    install()
 
 
 @pytest.fixture

@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.errors import ConfigCompositionException
 
 from common.errors import ConfigError
-from runners.fed import classifier_model
+from common.experiment import run_experiment
+from runners.fed import body, classifier_model
 from tests.fedgeo.conftest import compose_fed
 
 REPO = Path(__file__).resolve().parents[2]
+STRATEGIES = sorted(p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml"))  # every option
 
 
 def test_configs_compose_with_the_documented_names() -> None:
@@ -32,17 +35,7 @@ def test_configs_compose_with_the_documented_names() -> None:
     assert compose_fed("dataset=file", "dataset.path=x.npz")["dataset"]["path"] == "x.npz"
     for name in ("dirichlet", "domain", "domain_dirichlet"):
         assert compose_fed(f"partition={name}")["partition"]["method"] == name
-    for name in (
-        "fedavg",
-        "fedprox",
-        "scaffold",
-        "feddyn",
-        "moon",
-        "fedntd",
-        "fedproto",
-        "fedadam",
-        "fedyogi",
-    ):
+    for name in STRATEGIES:
         assert compose_fed(f"strategy={name}")["strategy"]["name"] == name
     assert compose_fed("augment=none")["augment"]["kind"] == "none"
     assert compose_fed("model=mlp", "model.hidden=8")["model"]["hidden"] == 8
@@ -79,8 +72,16 @@ def test_bad_values_name_the_key(fed_run) -> None:
         fed_run("mode=local", "partition.beta=-1")
     with pytest.raises(ConfigError, match="augment.cov_clients"):
         fed_run("mode=local", "augment.cov_clients=some")
-    with pytest.raises(ConfigError, match="'mode'"):
-        fed_run("mode=federated")
+    with pytest.raises(ConfigCompositionException, match="mode"):
+        fed_run("mode=federated")  # the mode group (conf/mode/) has no such option
+
+
+def test_mode_comes_from_the_mode_group_and_records_its_name(tmp_path: Path) -> None:
+    assert compose_fed("mode=local")["mode"] == "local"  # the record keeps the option's name
+    cfg = compose_fed()
+    for mode in ("federated", "place"):  # unknown; runners.moe's
+        with pytest.raises(ConfigError, match=r"config key 'mode': expected one of \['fl', 'local'\]"):
+            run_experiment({**cfg, "mode": mode}, "fed", body, run_dir=tmp_path / mode)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from common.errors import ConfigError
 from moe.cost_model import EvalOptions
 from moe.placement.placer import PlacementProblem, Placer
 from moe.placement.profiled import ProfiledProblem
+from moe.schemas import SCHEMAS
 from moe.stats import cross_layer_counts, expert_load
 from moe.topology import Topology
 from runners.hydra_entry import CONF_DIR
@@ -41,7 +42,7 @@ def node(name: str, *overrides: str):
 
 
 def test_every_schema_has_a_preset_and_every_preset_a_schema() -> None:
-    names = {name for _, name in registered("placement")}
+    names = {name for _, name in registered(SCHEMAS, "placement")}
     assert names <= set(PRESETS)
     for preset in PRESETS:
         assert OmegaConf.select(node(preset), "_target_"), preset

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 
 from common.errors import ConfigError
 from common.experiment import run_experiment
@@ -20,12 +21,12 @@ from moe.paper_numbers import PAPER_RESULTS
 from moe.placement.base import Placement
 from moe.placement.placer import build_placer
 from moe.report import comparison_rows, moe_comparison_report, moe_comparison_table
-from runners.hydra_entry import CONF_DIR
+from runners.hydra_entry import CONF_DIR, to_plain
 from runners.moe_place import run
 from tests.conftest import needs_real_trace
 
 REPO = Path(__file__).resolve().parents[2]
-PLACEMENTS = ["contiguous", "round_robin", "random", "greedy", "eplb", "exflow", "moetuner"]
+PLACEMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "placement").glob("*.yaml"))  # every option
 
 
 def eval_override() -> str:
@@ -37,7 +38,7 @@ def eval_override() -> str:
 def config(*overrides: str) -> dict:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="moe", overrides=[eval_override(), *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return to_plain(cfg)  # as the runner: the mode as its name
 
 
 QUICK = (
@@ -108,7 +109,7 @@ def test_solver_placement_reports_gap_and_keeps_its_budget(tmp_path):
     rec = place(tmp_path, "moetuner", "placement.time_limit_s=3", "trace.max_tokens=3000")
     m = rec["metrics"]
     assert "gap" in m and m["solve_time_s"] >= 0
-    assert m["place_time_s"] < 3 + 10  # the budget reaches the solver (generous margin for set-up)
+    assert m["place_time_s"] < 3 + 40  # the 3 s budget, not the default 60 s (wide margin: shared machines)
     assert rec["labels"]["status"] in ("optimal", "feasible", "time_limit")  # top-level, for tables
     assert m[f"status_{rec['labels']['status']}"] == 1.0
     rows = comparison_rows([rec]).to_dict("records")
@@ -153,11 +154,10 @@ def test_presets_sweep_every_placement_both_traces_and_seeds(name):
     assert cfg.topology.name == topo
     assert cfg.trace.max_tokens and cfg.placement.time_limit_s == 10 and cfg.eval.batch_tokens
     params = cfg.hydra.sweeper.params
-    assert params.placement.split(",") == [*PLACEMENTS, "moetuner_replicas", "grace", "moetuner_plus"]
+    (sweep,) = OverridesParser.create().parse_overrides([f"placement={params.placement}"])
+    assert isinstance(sweep.value(), Glob) and sweep.value().filter(PLACEMENTS) == PLACEMENTS  # a new one too
     assert params.trace.split(",") == ["synthetic", "deepseek_v2_lite"]
     assert len(str(params.seed).split(",")) >= 3
-    for p in PLACEMENTS:
-        assert (Path(CONF_DIR) / "placement" / f"{p}.yaml").exists()
 
 
 def fake_record(trace: str, topology: str, placement: str, seed: int, reduction: float) -> dict:
@@ -257,7 +257,7 @@ def test_cli_bad_config_is_one_clear_line(tmp_path):
     assert not (tmp_path / "result.json").exists()
 
 
-def test_trace_model_dims_replace_the_topology_values():
+def test_trace_model_dims_replace_the_topology_values(tmp_path):
     import pytest
 
     from common.errors import ConfigError
@@ -269,7 +269,11 @@ def test_trace_model_dims_replace_the_topology_values():
     out = src.topology_for(topo)
     assert out.bytes_per_token == 2048 * 2 and out.compute.expert_flops_per_token == 6 * 2048 * 1408
     assert topo.hidden_size == 4096  # the input is not modified
-    assert FileTrace(path="x.npz").topology_for(topo) is topo  # with a one-line warning
+    trace_file = tmp_path / "t.npz"
+    trace_file.write_bytes(b"")  # exists: the warning is about the missing dimensions, not the file
+    assert FileTrace(path=str(trace_file)).topology_for(topo) is topo  # with a one-line warning
+    with pytest.raises(ConfigError, match="trace.path"):  # a missing file is the error, before any warning
+        FileTrace(path="x.npz").topology_for(topo)
     explicit = FileTrace(path="x.npz", model={"bytes_per_token": 1000, "expert_flops_per_token": 5e6})
     assert explicit.topology_for(topo).bytes_per_token == pytest.approx(1000)
     with pytest.raises(ConfigError, match="trace.model"):

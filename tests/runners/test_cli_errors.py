@@ -14,9 +14,10 @@ import pytest
 import runners.moe_place
 from runners import fed as fed_runner
 from runners import moe as moe_runner
+from runners import serve as serve_runner
 from runners.hydra_entry import hydra_cli
 
-RUNNERS = {"runners.moe": moe_runner.main, "runners.fed": fed_runner.main}
+RUNNERS = {"runners.moe": moe_runner.main, "runners.fed": fed_runner.main, "runners.serve": serve_runner.main}
 QUICK = ("trace=synthetic", "trace.tokens=2000", "eval.batch_tokens=512")
 
 
@@ -25,7 +26,7 @@ def cli(module: str, *args: str, tmp_path: Path, monkeypatch, capsys) -> tuple[i
     monkeypatch.setattr(sys, "argv", [module, *args, f"hydra.run.dir={tmp_path / 'run'}"])
     code = 0
     try:
-        hydra_cli(RUNNERS[module])
+        hydra_cli(RUNNERS[module], module.removeprefix("runners."))
     except SystemExit as exc:
         code = int(exc.code or 0)
     return code, capsys.readouterr().err.strip().splitlines()
@@ -60,6 +61,39 @@ def cli(module: str, *args: str, tmp_path: Path, monkeypatch, capsys) -> tuple[i
         ("runners.moe", ["trace=file"], "error: missing required value for config key 'trace.path'"),
         (
             "runners.moe",
+            ["mode=fl"],
+            "error: config key 'mode': expected one of ['place', 'replan', 'stats']",
+        ),
+        ("runners.moe", ["-m", "mode=place,nope"], "error: config key 'mode': expected one of ['place', "),
+        ("runners.fed", ["mode=federated"], "error: config key 'mode': expected one of ['fl', 'local']"),
+        (
+            "runners.fed",
+            ["dataset=file", "dataset.path=/nonexistent.npz", "fl.rounds=-3"],
+            "error: config key 'fl.rounds'",  # refused before the (missing) data is read
+        ),
+        (
+            "runners.serve",
+            ["mode=place"],
+            "error: config key 'mode': expected one of ['calibrate', 'compare', 'serve']",
+        ),
+        # no calibrate warning ("measuring on this CPU") before these
+        (
+            "runners.serve",
+            ["mode=calibrate", "calibrate.repeats=-1"],
+            "error: config key 'calibrate.repeats'",
+        ),
+        (
+            "runners.serve",
+            ["mode=calibrate", "calibrate.token_counts=[0]"],
+            "error: config key 'calibrate.token_counts'",
+        ),
+        (
+            "runners.moe",
+            ["trace=file", "trace.path=/nonexistent.npz"],
+            "error: config key 'trace.path': trace file not found",  # no trace.model warning before it
+        ),
+        (
+            "runners.moe",
             [*QUICK, "placement=moetuner", "placement.gap=-1"],
             "error: config key 'placement.gap'",
         ),
@@ -69,8 +103,9 @@ def test_one_error_line_exit_2_no_record(module, args, first_words, tmp_path, mo
     code, err = cli(module, *args, tmp_path=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert code == 2
     assert err[-1].startswith(first_words), err[-3:]
-    assert sum(line.startswith("error:") for line in err) == 1
+    assert len(err) == 1, err  # the error line alone: no warning before it
     assert not (tmp_path / "run" / "result.json").exists()
+    assert not (tmp_path / "run" / "partition.npz").exists()
 
 
 def test_ctrl_c_ends_in_one_line_and_leaves_no_record(tmp_path, monkeypatch, capsys):

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from common.config import install_schemas
+from runners.hydra_entry import mode_function, mode_options
 from tests.conftest import CONF_DIR
 
 ROOTS = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base")
@@ -49,13 +49,26 @@ def experiments() -> list[tuple[str, str]]:
 
 
 def _compose(root: str, overrides: list[str], tmp_path: Path):
-    install_schemas("common", "moe", "fedgeo")  # options that start from an @schema dataclass
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             config_name=root, overrides=[*overrides, f"hydra.run.dir={tmp_path}"], return_hydra_config=True
         )
     return cfg
+
+
+def test_every_mode_is_one_runners_function_and_each_root_defaults_to_its_own(tmp_path):
+    runners = {
+        "moe": ["place", "replan", "stats"],
+        "fed": ["fl", "local"],
+        "serve": ["calibrate", "compare", "serve"],
+    }
+    assert sorted(mode_options()) == sorted(m for ms in runners.values() for m in ms)  # each in exactly one
+    for runner, modes in runners.items():
+        assert sorted(mode_options(runner)) == modes
+        assert all(callable(mode_function(runner, m)) for m in modes)
+        cfg = _compose(runner, [], tmp_path)
+        assert cfg.hydra.runtime.choices.mode in modes and cfg.mode._target_.startswith(f"runners.{runner}_")
 
 
 def test_roots_exist():

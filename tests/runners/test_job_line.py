@@ -1,0 +1,19 @@
+"""The job line's sweep size: the product of the sweep lists, ``glob(*)`` counted over the group's options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runners.hydra_entry import CONF_DIR
+from runners.job_line import sweep_size
+
+
+def test_sweep_size_counts_glob_over_the_groups_options(tmp_path: Path) -> None:
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: ['seed=0,1,2']\n"
+        "  sweeper:\n    params:\n      placement: glob(*,exclude=random)\n      trace: synthetic,deepseek_v2_lite\n"
+    )
+    placements = [p.stem for p in (Path(CONF_DIR) / "placement").glob("*.yaml")]
+    assert "random" in placements
+    assert sweep_size(tmp_path / "multirun.yaml") == (len(placements) - 1) * 2 * 3
+    assert sweep_size(tmp_path / "missing.yaml") is None
