@@ -23,6 +23,7 @@ from common.experiment import run_experiment
 from fedgeo.fl import app
 from fedgeo.fl.flower_strategy import SuiteStrategy
 from fedgeo.fl.loop import CheckpointPlan
+from fedgeo.schemas import SCHEMAS as FEDGEO_SCHEMAS
 from fedgeo.synthetic import make_synthetic
 from runners.fed import body as fed_body
 from runners.fed_deploy import body as deploy_body
@@ -67,7 +68,7 @@ def test_run_config_carries_the_runners_settings_and_flower_accepts_it(tmp_path:
 
 
 def test_every_strategy_names_itself_by_its_option_and_the_name_is_fixed(tmp_path: Path) -> None:
-    strategies = registered("strategy")
+    strategies = registered(FEDGEO_SCHEMAS, "strategy")
     assert len(strategies) >= 9
     for (_, option), cls in strategies.items():
         assert cls.name == option and "name" not in {f.name for f in dataclasses.fields(cls)}

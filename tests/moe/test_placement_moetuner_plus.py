@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from common.errors import ConfigError, InputError
 from moe.cost_model import EvalOptions, LayerModel, evaluate_placement
 from moe.placement.cluster_moves import group_exchanges, kl_sequence, node_affinity, same_layer_counts
+from moe.placement.deadline import Deadline
 from moe.placement.eplb import eplb
 from moe.placement.moetuner_plus import MoETunerPlus, candidate_moves, cluster_search
 from moe.placement.placer import PlacementProblem
@@ -137,7 +136,7 @@ def test_cluster_moves_never_end_slower_and_keep_the_slots(trace):
     problem = ProfiledProblem.from_trace(ex, e, TOPO, opts, "unordered", 0)
     start = eplb(problem.load, 8, 4, num_redundant=8)
     model = LayerModel(ex, TOPO, opts, "unordered", e)
-    out, rep = cluster_search(model, problem, start, sweeps=1, kl_steps=6, deadline=time.monotonic() + 60)
+    out, rep = cluster_search(model, problem, start, sweeps=1, kl_steps=6, deadline=Deadline.after(60))
     assert rep["moves_tried"] > 0 and rep["moves_kept"] > 0
     assert rep["profile_time_after_s"] < rep["profile_time_before_s"]
     assert rep["profile_time_after_s"] == pytest.approx(
