@@ -649,7 +649,8 @@ def _ilp_like(
         dec_gap is not None and dec_gap <= problem.options.gap and problem.violation(mapping, relaxed) == 0
     )
     if proven and use_joint:
-        notes.append(f"{out['method']} within {dec_gap:.4f} of its bound: joint ILP skipped")
+        what = "decomposition" if chain is None else "chain search"
+        notes.append(f"{what} within {dec_gap:.4f} of the per-boundary bound: joint ILP skipped")
     if not use_joint or proven:
         return mapping, out | {"_relaxed": relaxed, "solver_bound": chain_bound}
     warm = mapping if problem.violation(mapping, relaxed) == 0 else None

@@ -11,6 +11,7 @@ import pytest
 
 from common.errors import ConfigError
 from moe.placement import milp
+from moe.placement import moetuner_bottleneck as bn
 from moe.placement import moetuner_bounds as mb
 from moe.placement import moetuner_chain as mc
 from moe.placement import moetuner_stage1 as s1
@@ -175,3 +176,40 @@ def test_stage1_enumeration_is_the_brute_force_optimum(equal: bool) -> None:
 def test_stage1_enumerate_option_is_checked() -> None:
     with pytest.raises(ConfigError, match="stage1_enumerate"):
         MoETuner(stage1_enumerate=-1)
+
+
+def test_bottleneck_threshold_is_the_best_matchings_largest_cost() -> None:
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        cost = rng.integers(0, 20, size=(5, 5)).astype(float)
+        brute = min(cost[np.arange(5), list(p)].max() for p in itertools.permutations(range(5)))
+        assert bn.bottleneck_threshold(cost) == brute
+
+
+def test_bottleneck_chain_places_each_layer_at_its_least_slowest_link() -> None:
+    b = _two_level(2, 2)
+    c, sizes = _toy(4, 4, 10)
+    mapping = bn.bottleneck_chain(c, sizes, b)
+    perms = mc.permutations(4)
+    t = mc.transition_costs(c, b, perms)
+    index = {tuple(p): i for i, p in enumerate(perms.tolist())}
+    costs = s2.boundary_costs(mapping, c, b)
+    for li in range(3):
+        assert costs[li] == pytest.approx(t[li, index[tuple(mapping[li].tolist())]].min())
+
+
+def test_costed_repair_keeps_permutations_and_swap_costs_are_exact() -> None:
+    b = _two_level(2, 3)
+    c, sizes = _toy(6, 6, 11)
+    start = bn.bottleneck_chain(c, sizes, b)
+    inv_b = bn._inverse_bandwidth(b)
+    for li, a, z in [(0, 1, 4), (3, 0, 5), (5, 2, 3)]:
+        moved = start.copy()
+        ca, cz = np.flatnonzero(start[li] == a)[0], np.flatnonzero(start[li] == z)[0]
+        moved[li, ca], moved[li, cz] = z, a
+        change = s2.boundary_costs(moved, c, b).sum() - s2.boundary_costs(start, c, b).sum()
+        assert bn._swap_costs(start, c, inv_b, li)[a, z] == pytest.approx(change)
+    window = s2.memory_target(sizes)
+    fixed = bn.repair_memory_costed(start, c, sizes, b, window, time.monotonic() + 20)
+    assert all(sorted(row) == list(range(6)) for row in fixed.tolist())
+    assert s2.memory_violation(fixed, sizes, False) <= s2.memory_violation(start, sizes, False)
