@@ -1,11 +1,12 @@
 """A start for MoETuner's stage 2 decomposition on many GPUs (beyond the paper; ``stage2_bound: tight``).
 
 Notation as ``moetuner_stage2``: ``C [L-1, G, G]``, ``sizes [L, G]``, ``B [G, G]``, ``mapping [L, G]``
-(cluster -> GPU). Two steps:
+(cluster -> GPU). Two steps, tried from several starts (``best_start``):
 
 - ``bottleneck_chain``: layer 0 on the identity, then each next layer placed to minimise its boundary's
   slowest link exactly (a bottleneck assignment: bisection over the link costs, a perfect matching per
-  test), ties broken towards the GPUs with the least memory so far;
+  test), or within ``slack`` of it, ties broken towards memory balance (``tie``: big clusters to GPUs with
+  little memory, or the squared distance to the memory a GPU should hold after that layer);
 - ``repair_memory_costed``: single swaps of two GPUs' clusters in one layer, each time the one that removes
   memory violation (experts outside ``[lo, hi]`` per GPU) at the least added cost per expert; when none
   removes any, the swap that lowers the cost most without adding violation; until neither exists or the
@@ -41,19 +42,33 @@ def bottleneck_threshold(cost: np.ndarray) -> float:
     return float(vals[lo])
 
 
-def bottleneck_chain(ctraffic: np.ndarray, sizes: np.ndarray, bandwidth: np.ndarray) -> np.ndarray:
-    """``mapping [L, G]``: each layer after the first at the least slowest link given the one before."""
+TIES = ("product", "square")
+# (slack, tie) of the starts tried by ``best_start``
+STARTS = ((0.0, "product"), (0.0, "square"), (0.1, "square"), (0.2, "product"), (0.2, "square"))
+
+
+def bottleneck_chain(
+    ctraffic: np.ndarray, sizes: np.ndarray, bandwidth: np.ndarray, slack: float = 0.0, tie: str = "product"
+) -> np.ndarray:
+    """``mapping [L, G]``: each layer after the first at most ``1 + slack`` times the least slowest link
+    given the one before; ``tie`` in ``TIES`` (see the module docstring)."""
+    if tie not in TIES:
+        raise ValueError(f"tie: expected one of {list(TIES)}, got {tie!r}")
     num_layers, g = sizes.shape
     inv_b = _inverse_bandwidth(bandwidth)
     mapping = np.empty((num_layers, g), dtype=np.int64)
     mapping[0] = np.arange(g)
     mem = sizes[0].astype(float)
+    share = np.cumsum(sizes.sum(axis=1)) / g  # [L] experts a GPU should hold after each layer
     for li in range(num_layers - 1):
         on = np.argsort(mapping[li])  # cluster on each GPU
         cost = (ctraffic[li][on][:, :, None] * inv_b[:, None, :]).max(axis=0)  # [c2, g2]
-        allowed = cost <= bottleneck_threshold(cost)
-        tie = sizes[li + 1][:, None] * mem[None, :]  # big clusters to GPUs with little memory
-        rows, cols = linear_sum_assignment(np.where(allowed, tie, tie.max() * g + 1.0))
+        allowed = cost <= bottleneck_threshold(cost) * (1 + slack)
+        if tie == "square":
+            tie_cost = (mem[None, :] + sizes[li + 1][:, None] - share[li + 1]) ** 2
+        else:
+            tie_cost = sizes[li + 1][:, None] * mem[None, :]  # big clusters to GPUs with little memory
+        rows, cols = linear_sum_assignment(np.where(allowed, tie_cost, tie_cost.max() * g + 1.0))
         mapping[li + 1, rows] = cols
         mem[cols] += sizes[li + 1][rows]
     return mapping
@@ -137,3 +152,33 @@ def repair_memory_costed(
         for lj in range(max(0, li - 1), min(num_layers, li + 2)):
             dcost[lj] = _swap_costs(cur, ctraffic, inv_b, lj)
     return cur
+
+
+def best_start(
+    ctraffic: np.ndarray,
+    sizes: np.ndarray,
+    bandwidth: np.ndarray,
+    window: tuple[int, int],
+    deadline: float,
+) -> np.ndarray:
+    """The best, by (memory violation, cost), of ``bottleneck_chain`` for every ``STARTS`` entry followed by
+    ``repair_memory_costed``; the first one always runs, the others while time is left."""
+    best, best_key = None, None
+    for slack, tie in STARTS:
+        if best is not None and time.monotonic() >= deadline:
+            break
+        start = bottleneck_chain(ctraffic, sizes, bandwidth, slack, tie)
+        cand = repair_memory_costed(start, ctraffic, sizes, bandwidth, window, deadline)
+        mem = np.zeros(sizes.shape[1], dtype=np.int64)
+        for li in range(sizes.shape[0]):
+            np.add.at(mem, cand[li], sizes[li])
+        on = np.argsort(cand, axis=1)
+        inv_b = _inverse_bandwidth(bandwidth)
+        cost = sum(
+            float((ctraffic[li][np.ix_(on[li], on[li + 1])] * inv_b).max())
+            for li in range(sizes.shape[0] - 1)
+        )
+        key = (int(_violation(mem, *window).sum()), cost)
+        if best_key is None or key < best_key:
+            best, best_key = cand, key
+    return best

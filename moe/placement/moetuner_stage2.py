@@ -32,7 +32,7 @@ import pulp
 from scipy.optimize import linear_sum_assignment
 
 from moe.placement import milp
-from moe.placement.moetuner_bottleneck import bottleneck_chain, repair_memory_costed
+from moe.placement.moetuner_bottleneck import best_start
 from moe.placement.moetuner_bounds import tight_bounds, two_level
 from moe.placement.moetuner_chain import MAX_PERMUTATIONS, solve_chain
 
@@ -581,9 +581,8 @@ def _decompose(problem: Stage2Problem, deadline: float, notes: list[str]) -> tup
     Returns the mapping, whether memory was relaxed, and the number of layer steps kept.
     """
     if problem.tight:  # the least slowest link per layer, then memory by the cheapest swaps
-        start = bottleneck_chain(problem.ctraffic, problem.sizes, problem.bandwidth)
         args = (problem.ctraffic, problem.sizes, problem.bandwidth, memory_target(problem.sizes))
-        start = repair_memory_costed(start, *args, deadline)
+        start = best_start(*args, deadline)
     else:
         start = greedy_chain(problem.ctraffic, problem.num_layers)
     mapping = repair_memory(start, problem.sizes)
