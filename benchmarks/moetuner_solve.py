@@ -6,8 +6,11 @@ DeepSeek-V3 shape on 4 nodes of 8. Each case runs with CBC and with HiGHS under 
 reports stage 1 and stage 2 solve time and proven gap, the stage 2 method (joint ILP or the decomposition),
 and MoETuner against contiguous placement measured in the same run (sum of per-boundary slowest links, mean
 balancedness). Extra rows measure the beyond-paper variants: joint ILP against the decomposition on the
-small case, and hot-expert replicas on the small and the largest case. Writes a run record into
-``results/bench/moetuner_solve/`` and prints a table.
+small case, hot-expert replicas on the small and the largest case, and ``highs_tight`` (``stage2_bound:
+tight``: node-threshold bounds, the chain search for few GPUs, node symmetry breaking; with
+``stage1_enumerate: 65536``, which solves stage 1 exactly on the Mixtral shape) on every case.
+``--rows`` picks which of these groups run (``paper``, ``extra``, ``tight``). Writes a run record into
+``results/bench/moetuner_solve/`` (or ``--out``) and prints a table.
 """
 
 from __future__ import annotations
@@ -60,7 +63,12 @@ def inputs(case: str, tokens: int, seed: int) -> tuple[np.ndarray, np.ndarray, s
     return expert_load(ex, e), cross_layer_counts(ex, e), source
 
 
-def body(ctx: RunContext, cases: list[str], solvers: list[str], time_limit: float, tokens: int) -> RunOutput:
+ROWS = ("paper", "extra", "tight")
+
+
+def body(
+    ctx: RunContext, cases: list[str], solvers: list[str], time_limit: float, tokens: int, groups: list[str]
+) -> RunOutput:
     log = get_logger("bench")
     metrics: dict[str, float] = {}
     rows: list[tuple] = []
@@ -95,9 +103,16 @@ def body(ctx: RunContext, cases: list[str], solvers: list[str], time_limit: floa
         base_obj = float(slowest_link(base, r, b).sum())
         base_bal = float(balancedness(base, p).mean())
         log.info(f"{case}: {source}, E={e} L={num_layers} G={g}")
-        for solver in solvers:
+        for solver in solvers if "paper" in groups else []:
             opts = MoETuner(solver=solver, time_limit_s=time_limit)
             record(solver, case, moetuner(p, r, b, opts, seed=ctx.seed), p, r, b, base_obj, base_bal)
+        if "tight" in groups:  # beyond the paper: tighter stage 2 bounds, the chain search, node symmetry
+            opts = MoETuner(
+                solver="highs", time_limit_s=time_limit, stage2_bound="tight", stage1_enumerate=2**16
+            )
+            record("highs_tight", case, moetuner(p, r, b, opts), p, r, b, base_obj, base_bal)
+        if "extra" not in groups:
+            continue
         if case == "e8_l32_g4":  # beyond the paper: the decomposition against the joint ILP, same budget
             opts = MoETuner(solver="highs", time_limit_s=time_limit, stage2="decomposed")
             record("highs_decomposed", case, moetuner(p, r, b, opts), p, r, b, base_obj, base_bal)
@@ -132,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--time-limit", type=float, default=45.0, help="MoETuner budget per run (seconds)")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--solvers", nargs="+", default=["cbc", "highs"], choices=["cbc", "highs"])
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="row groups to run")
     ap.add_argument("--tokens", type=int, default=20000, help="profiled tokens per case")
     ap.add_argument("--out", type=Path, default=OUT, help="run folder for result.json")
     ap.add_argument("--seed", type=int, default=0)
@@ -141,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         "time_limit_s": args.time_limit,
         "cases": args.cases,
         "solvers": args.solvers,
+        "rows": args.rows,
         "tokens": args.tokens,
         "seed": args.seed,
         "bandwidth_gbps": {"nvlink": NVLINK_GBPS, "network": NETWORK_GBPS},
@@ -148,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     run_experiment(
         config,
         "moe",
-        lambda ctx: body(ctx, args.cases, args.solvers, args.time_limit, args.tokens),
+        lambda ctx: body(ctx, args.cases, args.solvers, args.time_limit, args.tokens, args.rows),
         run_dir=args.out,
     )
 

@@ -24,6 +24,7 @@ from moe.placement.placer import PlacementProblem, Placer
 from moe.placement.replicas import add_hot_replicas
 
 STAGE2_METHODS = ("ilp", "decomposed", "greedy", "random")
+STAGE2_BOUNDS = ("pairwise", "tight")
 
 
 @schema("placement", "moetuner")
@@ -36,12 +37,17 @@ class MoETuner(Placer):
         solver, gap, threads, msg: see ``milp.SolverOptions`` (gap 0.025 is the paper's).
         stage1_abs_tol: stage 1 also counts a layer as solved when its imbalance is within this fraction of
             the layer's tokens of the bound (0 = only the relative gap, as the paper).
+        stage1_enumerate: a layer with at most this many labellings (``G^E``) is solved by trying them all
+            (exact; 0 = never, as committed; 65536 covers Mixtral's 8 experts on 4 GPUs).
         stage1_time_share: part of the budget stage 1 may use (split evenly over the layers still to solve).
         equal_size: every cluster holds exactly ``E / G`` experts (the equal-size variant).
         stage2: ``ilp`` (the paper's joint ILP; decomposed when it exceeds ``max_joint_vars``), ``decomposed``
             (block-coordinate MILP steps with a proven bound), ``greedy`` / ``random`` (ablations
             "stage 1 + greedy", "stage 1 + random mapping").
         max_joint_vars: largest number of product variables for the joint ILP.
+        stage2_bound: ``pairwise`` (the per-boundary bounds, as committed) or ``tight`` (beyond: adds the
+            node-threshold and sorted bounds of ``moetuner_bounds``, the exact chain search of
+            ``moetuner_chain`` for up to 5 GPUs, and node symmetry breaking in the joint ILP).
         replicas: extra copies of hot experts per layer added after stage 2 (0 = the paper).
     """
 
@@ -54,10 +60,12 @@ class MoETuner(Placer):
     msg: bool = False
     stage1_time_share: float = 0.4
     stage1_abs_tol: float = 0.001
+    stage1_enumerate: int = 0
     equal_size: bool = False
     stage2: str = "ilp"
     max_joint_vars: int = 20000
     replicas: int = 0
+    stage2_bound: str = "pairwise"
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the time budget
@@ -66,6 +74,14 @@ class MoETuner(Placer):
             raise ConfigError("stage2", f"expected one of {list(STAGE2_METHODS)}, got {self.stage2!r}")
         if not isinstance(self.stage1_abs_tol, int | float) or not 0 <= self.stage1_abs_tol < 1:
             raise ConfigError("stage1_abs_tol", f"expected a number in [0, 1), got {self.stage1_abs_tol!r}")
+        if (
+            isinstance(self.stage1_enumerate, bool)
+            or not isinstance(self.stage1_enumerate, int)
+            or not 0 <= self.stage1_enumerate <= 2**20
+        ):
+            raise ConfigError(
+                "stage1_enumerate", f"expected an integer in [0, {2**20}], got {self.stage1_enumerate!r}"
+            )
         if not isinstance(self.stage1_time_share, int | float) or not 0 < self.stage1_time_share < 1:
             raise ConfigError(
                 "stage1_time_share", f"expected a number in (0, 1), got {self.stage1_time_share!r}"
@@ -80,6 +96,10 @@ class MoETuner(Placer):
             )
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 0:
             raise ConfigError("replicas", f"expected a non-negative integer, got {self.replicas!r}")
+        if self.stage2_bound not in STAGE2_BOUNDS:
+            raise ConfigError(
+                "stage2_bound", f"expected one of {list(STAGE2_BOUNDS)}, got {self.stage2_bound!r}"
+            )
         if not isinstance(self.equal_size, bool):
             raise ConfigError("equal_size", f"expected true or false, got {self.equal_size!r}")
 
@@ -114,7 +134,13 @@ def stage1_all(
     for li in track(range(num_layers), total=num_layers, description="moetuner stage 1"):
         layer_deadline = deadline.share_of_left(1.0 / (num_layers - li))
         res = stage1.solve_layer(
-            load[li], num_gpus, options.equal_size, solver, layer_deadline, options.stage1_abs_tol
+            load[li],
+            num_gpus,
+            options.equal_size,
+            solver,
+            layer_deadline,
+            options.stage1_abs_tol,
+            options.stage1_enumerate,
         )
         rows.append(res.cluster_of)
         reps.append(res.report)
@@ -196,7 +222,8 @@ def moetuner(
     )
     ctraffic = stage2.cluster_traffic(r, cluster_of, g)
     sizes = np.stack([np.bincount(row, minlength=g) for row in cluster_of])
-    problem2 = stage2.Stage2Problem(ctraffic, sizes, b, opts.solver_options())
+    tight = opts.stage2_bound == "tight"
+    problem2 = stage2.Stage2Problem(ctraffic, sizes, b, opts.solver_options(), tight)
     res2 = stage2.solve(problem2, opts.stage2, budget.at_least(0.05), opts.max_joint_vars, seed)
     rep2 = res2.report
     log.info(

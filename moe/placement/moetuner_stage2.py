@@ -33,6 +33,11 @@ from scipy.optimize import linear_sum_assignment
 
 from moe.placement import milp
 from moe.placement.deadline import Deadline
+from moe.placement.moetuner_bottleneck import best_start
+from moe.placement.moetuner_bounds import tight_bounds, two_level
+from moe.placement.moetuner_chain import MAX_PERMUTATIONS, solve_chain
+
+TIGHT_SWEEPS = 100  # descent sweeps with ``tight`` (it stops earlier when no layer improves)
 
 
 def cluster_traffic(pairs: np.ndarray, cluster_of: np.ndarray, num_clusters: int) -> np.ndarray:
@@ -160,12 +165,16 @@ class Stage2Problem:
         sizes: ``[L, G]`` experts per cluster.
         bandwidth: ``B [G, G]`` GB/s.
         options: solver settings (gap, threads, solver).
+        tight: beyond the paper's path: ``moetuner_bounds.tight_bounds`` join the per-boundary bounds, the
+            chain search (``moetuner_chain``) replaces the decomposition for ``G! <= 120`` GPUs, and the
+            joint ILP breaks the node symmetry of a two-level bandwidth (``MoETuner.stage2_bound: tight``).
     """
 
     ctraffic: np.ndarray
     sizes: np.ndarray
     bandwidth: np.ndarray
     options: milp.SolverOptions
+    tight: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -202,8 +211,9 @@ def joint_ilp(
     """The paper's stage 2 ILP over all layers; returns the mapping (or ``None``) and the solve report.
 
     Layer 0's mapping is fixed to the identity when every off-diagonal bandwidth is equal (any GPU
-    relabelling is then a symmetry), which removes ``G!`` equivalent solutions. Stops by ``deadline``, model
-    building included.
+    relabelling is then a symmetry), which removes ``G!`` equivalent solutions; with ``problem.tight`` and a
+    two-level bandwidth, layer 0 is put in the canonical form of ``node_canonical`` instead (GPUs inside a node
+    and equal nodes are interchangeable). Stops by ``deadline``, model building included.
     """
     ctraffic, sizes, bandwidth = problem.ctraffic, problem.sizes, problem.bandwidth
     num_layers, g = sizes.shape
@@ -220,6 +230,10 @@ def joint_ilp(
     prob += pulp.lpSum(m)
     _one_to_one_rows(prob, y, num_layers, g, symmetric)
     _memory_rows(prob, y, sizes, relaxed)
+    levels = two_level(bandwidth) if problem.tight and not symmetric else None
+    if levels is not None:
+        _node_symmetry_rows(prob, y, levels[0])
+        warm = None if warm is None else node_canonical(warm, levels[0])
     z = _link_rows(prob, y, m, ctraffic, bandwidth)
     use_warm = warm is not None and not (symmetric and not np.array_equal(warm[0], np.arange(g)))
     if use_warm:
@@ -247,6 +261,33 @@ def _one_to_one_rows(prob: pulp.LpProblem, y: dict, num_layers: int, g: int, sym
     if symmetric:
         for c in range(g):
             y[0, c, c].lowBound = 1
+
+
+def node_canonical(mapping: np.ndarray, node: np.ndarray) -> np.ndarray:
+    """``mapping [L, G]`` relabelled (one GPU permutation for all layers, keeping ``node [G]``'s partition)
+    so that layer 0 is canonical: inside every node the GPUs, in index order, hold increasing clusters, and
+    the nodes, ordered by their first GPU, hold increasing smallest clusters. Cost and memory are unchanged
+    when the bandwidth is two-level with these nodes."""
+    members = [np.flatnonzero(node == n) for n in range(int(node.max()) + 1)]
+    on = _inverse(mapping[:1])[0]  # cluster on each GPU, layer 0
+    groups = sorted((sorted(on[gpus].tolist()) for gpus in members), key=lambda cl: cl[0])
+    relabel = np.empty(node.shape[0], dtype=np.int64)  # old GPU -> new GPU
+    for gpus, clusters in zip(members, groups, strict=True):
+        for new_gpu, cl in zip(gpus.tolist(), clusters, strict=True):
+            relabel[mapping[0, cl]] = new_gpu
+    return relabel[mapping]
+
+
+def _node_symmetry_rows(prob: pulp.LpProblem, y: dict, node: np.ndarray) -> None:
+    """Layer 0 in ``node_canonical``'s form: ``v_g = sum_c c y[0, c, g]`` increases along each node's GPUs
+    and along the nodes' first GPUs."""
+    g = node.shape[0]
+    v = [pulp.LpAffineExpression([(y[0, c, gg], float(c)) for c in range(1, g)]) for gg in range(g)]
+    members = [np.flatnonzero(node == n).tolist() for n in range(int(node.max()) + 1)]
+    chains = [*members, [gpus[0] for gpus in members]]
+    for chain in chains:
+        for a, b in zip(chain[:-1], chain[1:], strict=True):
+            prob += v[b] - v[a] >= 1, f"sym_{a}_{b}"
 
 
 def _memory_rows(prob: pulp.LpProblem, y: dict, sizes: np.ndarray, relaxed: bool) -> None:
@@ -480,6 +521,8 @@ def solve(
     """
     t_start = time.monotonic()
     lb = lower_bounds(problem.ctraffic, problem.bandwidth)
+    if problem.tight:
+        lb = np.maximum(lb, tight_bounds(problem.ctraffic, problem.bandwidth))
     report: dict = {"notes": []}
     if method == "random":
         mapping = random_mapping(problem.num_layers, problem.num_gpus, seed)
@@ -530,13 +573,19 @@ def _finish_report(
 
 
 def _decompose(problem: Stage2Problem, deadline: Deadline, notes: list[str]) -> tuple[np.ndarray, bool, int]:
-    """Greedy chain, memory repair, coordinate descent; relaxes memory when the exact target is not met.
+    """Greedy chain (``tight``: bottleneck chain and costed swaps), memory repair, coordinate descent; relaxes
+    memory when the exact target is not met.
 
     Returns the mapping, whether memory was relaxed, and the number of layer steps kept.
     """
-    start = greedy_chain(problem.ctraffic, problem.num_layers)
+    if problem.tight:  # the least slowest link per layer, then memory by the cheapest swaps
+        args = (problem.ctraffic, problem.sizes, problem.bandwidth, memory_target(problem.sizes))
+        start = best_start(*args, deadline)
+    else:
+        start = greedy_chain(problem.ctraffic, problem.num_layers)
     mapping = repair_memory(start, problem.sizes)
-    mapping, kept = improve(problem, mapping, False, deadline)
+    sweeps = TIGHT_SWEEPS if problem.tight else 4
+    mapping, kept = improve(problem, mapping, False, deadline, sweeps)
     relaxed = False
     if problem.violation(mapping, relaxed=False) > 0:
         relaxed = True
@@ -544,9 +593,36 @@ def _decompose(problem: Stage2Problem, deadline: Deadline, notes: list[str]) -> 
             f"memory: E L / G per GPU not reached by the decomposition; relaxed to at most "
             f"{memory_cap(problem.sizes, True)} experts per GPU"
         )
-        mapping, k2 = improve(problem, mapping, True, deadline)
+        mapping, k2 = improve(problem, mapping, True, deadline, sweeps)
         kept += k2
     return mapping, relaxed, kept
+
+
+def _chain(
+    problem: Stage2Problem, deadline: Deadline, notes: list[str]
+) -> tuple[np.ndarray, bool, float] | None:
+    """The chain search (``tight`` and ``G! <= MAX_PERMUTATIONS`` only): the mapping, whether memory was
+    relaxed (only when the exact target was proven impossible) and a bound valid for every mapping that
+    meets the memory window used; ``None`` when it does not apply or found nothing in time."""
+    g = problem.num_gpus
+    if not problem.tight or math.factorial(g) > MAX_PERMUTATIONS:
+        return None
+    args = (problem.ctraffic, problem.sizes, problem.bandwidth)
+    res = solve_chain(*args, memory_target(problem.sizes), deadline)
+    relaxed = False
+    if res.mapping is None and res.exact:
+        relaxed = True
+        cap = memory_cap(problem.sizes, True)
+        notes.append(
+            f"memory: E L / G per GPU is infeasible (chain search proved it); relaxed to at most {cap}"
+        )
+        res = solve_chain(*args, (0, cap), deadline)
+    if res.mapping is None:
+        notes.append("chain search found no mapping in time; decomposed")
+        return None
+    kind = "optimal" if res.exact else f"best of {res.max_states} states per layer, Lagrangian bound"
+    notes.append(f"chain search over {math.factorial(g)} permutations per layer: {kind}")
+    return res.mapping, relaxed, float(res.bound)
 
 
 def _ilp_like(
@@ -556,16 +632,24 @@ def _ilp_like(
     the gap by the per-boundary bounds ``lb``."""
     # The decomposition also gives the joint ILP its warm start; give it a share of the time.
     share = 0.3 if use_joint else 1.0
-    mapping, relaxed, kept = _decompose(problem, deadline.share_of_left(share), notes)
-    out: dict = {"method": "decomposed", "status": milp.TIME_LIMIT, "decomposition_steps_kept": kept}
-    dec_gap = milp.relative_gap(problem.cost(mapping), float(lb.sum()))
+    dec_deadline = deadline.share_of_left(share)
+    chain = _chain(problem, dec_deadline, notes)
+    if chain is not None:
+        mapping, relaxed, chain_bound = chain
+        out: dict = {"method": "chain", "status": milp.TIME_LIMIT, "chain_bound": chain_bound}
+    else:
+        mapping, relaxed, kept = _decompose(problem, dec_deadline, notes)
+        chain_bound = None
+        out = {"method": "decomposed", "status": milp.TIME_LIMIT, "decomposition_steps_kept": kept}
+    dec_gap = milp.relative_gap(problem.cost(mapping), max(float(lb.sum()), chain_bound or 0.0))
     proven = (
         dec_gap is not None and dec_gap <= problem.options.gap and problem.violation(mapping, relaxed) == 0
     )
     if proven and use_joint:
-        notes.append(f"decomposition within {dec_gap:.4f} of the per-boundary bound: joint ILP skipped")
+        what = "decomposition" if chain is None else "chain search"
+        notes.append(f"{what} within {dec_gap:.4f} of the per-boundary bound: joint ILP skipped")
     if not use_joint or proven:
-        return mapping, out | {"_relaxed": relaxed, "solver_bound": None}
+        return mapping, out | {"_relaxed": relaxed, "solver_bound": chain_bound}
     warm = mapping if problem.violation(mapping, relaxed) == 0 else None
     joint, res = joint_ilp(problem, deadline.at_least(0.05), relaxed, warm)
     if res.status == milp.INFEASIBLE and not relaxed:
@@ -585,6 +669,8 @@ def _ilp_like(
     else:
         notes.append(f"joint ILP ended '{res.status}' without a better mapping; kept the decomposition's")
     sb = res.bound if res.bound is not None and math.isfinite(res.bound) else None
+    if chain_bound is not None:
+        sb = max(sb or 0.0, chain_bound)
     out["solver_bound"] = sb  # valid for the joint problem whichever mapping is kept
     out["_relaxed"] = relaxed
     return mapping, out
