@@ -95,7 +95,7 @@ def overhead_metrics(nproc: int, repeats: int, batch_tokens: int = 1024) -> dict
             if launch_local(overhead_rank, nproc, cfg, tmp, []) != 0:
                 raise SystemExit("error: the overhead benchmark's ranks failed")
             res = json.loads((Path(tmp) / "overhead.json").read_text())
-        for p in ("legacy", "fast"):
+        for p in ("legacy", "fast", "padded"):
             out[f"{name}_{p}_layer_s"] = res[p]
             out[f"{name}_{p}_overhead_s"] = res[f"{p}_overhead_s"]
             out[f"{name}_{p}_floor_s"] = res[f"floor_{p}"]
@@ -103,9 +103,9 @@ def overhead_metrics(nproc: int, repeats: int, batch_tokens: int = 1024) -> dict
                 f"{name:10s} {p:7s} {res[p]:10.5f} {res[f'floor_{p}']:10.5f} {res[f'{p}_overhead_s']:11.5f}"
             )
         out[f"{name}_overhead_ratio"] = res["fast_overhead_s"] / res["legacy_overhead_s"]
-        print(
-            f"{name}: fast / legacy overhead = {out[f'{name}_overhead_ratio']:.3f} (kernel {res['kernel']})"
-        )
+        out[f"{name}_padded_overhead_ratio"] = res["padded_overhead_s"] / res["legacy_overhead_s"]
+        print(f"{name}: fast / legacy overhead = {out[f'{name}_overhead_ratio']:.3f}, padded / legacy = "
+              f"{out[f'{name}_padded_overhead_ratio']:.3f} (kernel {res['kernel']})")  # fmt: skip
     return out
 
 

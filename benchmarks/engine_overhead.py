@@ -33,7 +33,7 @@ from moe.engine.spec import EngineOptions, MoEModelSpec
 from moe.placement.simple import contiguous
 from moe.synthetic import ModelShape, generate_trace
 
-PATHS = ("legacy", "fast")
+PATHS = ("legacy", "fast", "padded")
 
 
 def _timed(fn: Any) -> float:
@@ -49,7 +49,7 @@ def _floors(model: ExpertParallelModel, li: int, x: torch.Tensor, ids: torch.Ten
     """Seconds of the pure all-to-alls plus each path's own expert GEMMs of one layer (inputs made untimed):
     ``legacy``: one SwiGLU per expert (its loop without the ``nonzero``), ``fast``: the fast path's kernel."""
     rt = model.runtime[li]
-    lay = layout(ids, gw, gtok, model.rank, rt.routes, rt.host, rt.experts.count)
+    lay = layout(x, ids, gw, gtok, model.rank, rt.routes, rt.host, rt.experts.count)
     rows = x[lay.rows].contiguous()
     meta = exchange(lay.meta, lay.send, lay.recv)
     h = exchange(rows, lay.send, lay.recv)
@@ -59,8 +59,8 @@ def _floors(model: ExpertParallelModel, li: int, x: torch.Tensor, ids: torch.Ten
     a2a = _timed(lambda: exchange(rows, lay.send, lay.recv)) + _timed(
         lambda: exchange(partial, lay.recv, lay.send)
     )
-    return {"legacy": a2a + _timed(lambda: loop.forward(h, *cp, lay.per_slot)),
-            "fast": a2a + _timed(lambda: rt.experts.forward(h, *cp, lay.per_slot))}  # fmt: skip
+    fast = a2a + _timed(lambda: rt.experts.forward(h, *cp, lay.per_slot))
+    return {"legacy": a2a + _timed(lambda: loop.forward(h, *cp, lay.per_slot)), "fast": fast, "padded": fast}
 
 
 def _timed_layer(m: ExpertParallelModel, li: int, x: torch.Tensor, ids: torch.Tensor, gw: torch.Tensor,

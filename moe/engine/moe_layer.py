@@ -27,7 +27,7 @@ from moe.engine.dispatch import (
     Layout,
     exchange,
     layout,
-    pack,
+    padded_dispatch,
     received_copies,
     unpack,
 )
@@ -95,6 +95,7 @@ class LayerRuntime:
     experts: StackedExperts
     host: HostBuffer
     top_k: int
+    padded: bool = False
 
 
 @dataclass
@@ -108,9 +109,14 @@ class InFlight:
 
 def dispatch(x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor, gtok: torch.Tensor, rank: int,
              rt: LayerRuntime) -> InFlight:  # fmt: skip
-    """Layout, one count exchange and one packed exchange of ``x [n, H]`` (all on ``x``'s device)."""
-    lay = layout(ids, w, gtok, rank, rt.routes, rt.host, rt.experts.count)
-    h, meta = unpack(exchange(pack(x[lay.rows], lay.meta), lay.send, lay.recv), x.shape[1])
+    """Layout, one count exchange and one packed exchange of ``x [n, H]`` (all on ``x``'s device); with
+    ``rt.padded`` one exchange of fixed-size buffers that carry the counts too."""
+    if rt.padded:
+        lay, got = padded_dispatch(x, ids, w, gtok, rank, rt.routes, rt.host, rt.experts.count)
+    else:
+        lay = layout(x, ids, w, gtok, rank, rt.routes, rt.host, rt.experts.count)
+        got = exchange(lay.packed, lay.send, lay.recv)
+    h, meta = unpack(got, x.shape[1])
     return InFlight(lay, h, meta)
 
 

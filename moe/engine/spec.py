@@ -14,7 +14,7 @@ BACKENDS = ("auto", "gloo", "nccl")
 ROUTINGS = ("router", "trace")
 DTYPES = ("auto", "float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
-DISPATCHES = ("fast", "legacy")
+DISPATCHES = ("fast", "padded", "legacy")
 KERNELS = ("auto", "grouped_mm", "bmm", "loop")
 OVERLAPS = ("none", "two_batch", "split")
 
@@ -110,8 +110,10 @@ class EngineOptions:
         seq_len: tokens per attention sequence; each rank holds whole sequences.
         phase_barriers: a barrier before every phase, so each phase's clock starts on all ranks together.
         require_experts_on_every_rank: refuse a placement that leaves a rank without experts in a layer.
-        dispatch: ``fast`` (layout on the device, one count exchange, packed rows and metadata, grouped GEMM)
-            or ``legacy`` (the first engine's path: the benchmark's baseline).
+        dispatch: ``fast`` (layout on the device, one count exchange, packed rows and metadata, grouped GEMM),
+            ``padded`` (``fast`` with the counts carried in one exchange of fixed-size per-rank buffers: no
+            count exchange, up to ``n`` rows to each rank; DeepEP's low-latency layout) or ``legacy`` (the
+            first engine's path: the benchmark's baseline).
         experts: the fast path's expert kernel: ``auto`` (``grouped_mm`` where it runs, else ``bmm``),
             ``grouped_mm``, ``bmm`` (padded batched matmul) or ``loop`` (one SwiGLU per expert: the reference).
         overlap: ``none``, ``two_batch`` (two halves, one's exchanges during the other's expert compute) or
