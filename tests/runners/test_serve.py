@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
 
 from common.errors import ConfigError
 from moe.engine.comm import init_distributed
@@ -165,6 +166,35 @@ def test_calibrate_on_cpu_writes_an_override_that_topologies_load(tmp_path: Path
     assert topo.compute.time_per_token_s == pytest.approx(m["calib_time_per_token_s"])
     with pytest.raises(ConfigError, match="topology.compute_file"):
         topology_from_config({"name": "x", "compute_file": str(tmp_path / "missing.yaml")})
+
+
+@pytest.mark.slow
+def test_a_served_run_takes_the_traces_model_shape(tmp_path: Path) -> None:
+    """``mode=serve`` (2 spawned ranks) with the DeepSeek-V2-Lite preset and no model named: its shape
+    (64 experts, top-6, at CPU widths through ``model.<field>``), labelled ``model_from``."""
+    proc = serve("engine.nproc=2", "trace.preset=deepseek_v2_lite", "trace.tokens=2048", "model.hidden_size=32",
+                 "model.ffn_size=32", "model.shared_ffn_size=32", "model.num_heads=4", "engine.batch_tokens=256",
+                 "engine.measure_iters=1", "engine.warmup_iters=0", "engine.check_reference=true",
+                 f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads((tmp_path / "result.json").read_text())
+    assert (rec["config"]["model"]["num_experts"], rec["config"]["model"]["top_k"]) == (64, 6)
+    assert rec["labels"]["model_from"] == "preset:deepseek_v2_lite_shape"
+    assert rec["metrics"]["reference_ok"] == 1
+
+
+@pytest.mark.parametrize(("named", "model", "hidden"), [([], "deepseek_v2_lite_shape", 2048),
+                                                       (["model=mixtral_tiny"], "mixtral_tiny", 64)])  # fmt: skip
+def test_calibrate_times_the_expert_of_the_traces_model_unless_one_is_named(
+    tmp_path: Path, named: list[str], model: str, hidden: int
+) -> None:
+    proc = serve("mode=calibrate", "trace.preset=deepseek_v2_lite", "calibrate.token_counts=[1,2]",
+                 "calibrate.repeats=1", "calibrate.device=cpu", *named, f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cal = yaml.safe_load((tmp_path / "compute.yaml").read_text())["calibration"]
+    assert (cal["model"], cal["hidden_size"]) == (model, hidden)
+    config = json.loads((tmp_path / "result.json").read_text())["config"]
+    assert config["model_from"] == ("named" if named else "preset:deepseek_v2_lite_shape")
 
 
 @pytest.mark.slow
