@@ -118,6 +118,11 @@ class EngineOptions:
             ``grouped_mm``, ``bmm`` (padded batched matmul) or ``loop`` (one SwiGLU per expert: the reference).
         overlap: ``none``, ``two_batch`` (two halves, one's exchanges during the other's expert compute) or
             ``split`` (the same halves one after the other: ``two_batch``'s no-overlap reference).
+        nccl_async_error_handling: with ``backend=nccl``, ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` (0 none, 1 the
+            watchdog aborts the communicators and ends the process when a collective fails or exceeds
+            ``timeout_s``, 2 abort without ending the process, 3 end without the abort's clean-up).
+        nccl_blocking_wait: with ``backend=nccl``, ``TORCH_NCCL_BLOCKING_WAIT``: a collective's ``wait`` blocks
+            the calling thread and raises there after ``timeout_s`` (false: the watchdog alone acts).
     """
 
     backend: str = "auto"
@@ -137,6 +142,8 @@ class EngineOptions:
     dispatch: str = "fast"
     experts: str = "auto"
     overlap: str = "none"
+    nccl_async_error_handling: int = 1
+    nccl_blocking_wait: bool = False
 
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
@@ -146,6 +153,19 @@ class EngineOptions:
         if self.overlap != "none" and self.dispatch == "legacy":
             raise ConfigError(
                 "overlap", "two_batch needs engine.dispatch=fast (the legacy path has no overlap)"
+            )
+        if isinstance(self.nccl_async_error_handling, bool) or self.nccl_async_error_handling not in (
+            0,
+            1,
+            2,
+            3,
+        ):
+            raise ConfigError(
+                "nccl_async_error_handling", f"expected 0, 1, 2 or 3, got {self.nccl_async_error_handling!r}"
+            )
+        if not isinstance(self.nccl_blocking_wait, bool):
+            raise ConfigError(
+                "nccl_blocking_wait", f"expected true or false, got {self.nccl_blocking_wait!r}"
             )
         _choice("device", self.device, DEVICES)
         _choice("dtype", self.dtype, DTYPES)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from moe.placement.simple import contiguous
 from moe.topology import topology_from_config
 from runners.serve import check_model_override, moe_model_options
 from runners.serve_body import model_spec
-from runners.serve_launch import launch_local
+from runners.serve_launch import GRACE_S, PEER_GONE, dead_rank_line, launch_local
 from tests.conftest import CONF_DIR, REPO
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "SUITE_THREADS": "1", "SUITE_PROGRESS": "0"}
@@ -108,9 +109,48 @@ def _die(cfg: dict, run_dir: str, roots: list[str]) -> None:
 
 @pytest.mark.slow
 def test_a_rank_that_dies_is_named(capfd: pytest.CaptureFixture) -> None:
+    t0 = time.monotonic()
     assert launch_local(_die, 2, {}, ".", []) == 2
     err = capfd.readouterr().err
     assert error_lines(err) == ["error: rank 1 died (killed by signal SIGKILL); the other ranks stopped"], err
+    assert time.monotonic() - t0 < 60, "the dead peer was found at once, not after the 60 s group timeout"
+
+
+HUNG = (
+    "error: rank {} stopped answering: the other ranks' collectives failed or timed out waiting for it "
+    "(engine.timeout_s); the ranks were stopped"
+)
+
+
+def test_dead_rank_line_names_a_killed_or_hung_rank_and_stays_quiet_after_rank_0s_line() -> None:
+    assert dead_rank_line([2, -9]) == "error: rank 1 died (killed by signal SIGKILL); the other ranks stopped"
+    assert dead_rank_line([PEER_GONE, None]) == HUNG.format(1)  # rank 0 timed out waiting for rank 1
+    assert dead_rank_line([None, 2]) == HUNG.format(0)  # rank 0 hung: rank 1 timed out, silently
+    assert dead_rank_line([2, None]) is None  # rank 0 printed the run's error line; rank 1 was stopped
+    assert dead_rank_line([0, 0]) is None
+
+
+def _freeze(cfg: dict, run_dir: str, roots: list[str]) -> None:
+    """Rank 1 stops (SIGSTOP: alive, silent, its sockets open: a hung peer, as a dead NCCL peer looks) while
+    rank 0 waits in an all-reduce; the group's timeout is ``cfg['timeout_s']``."""
+    init_distributed(EngineOptions(backend="gloo", device="cpu", timeout_s=cfg["timeout_s"]))
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    dist.all_reduce(t)
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_named_after_the_group_timeout_not_waited_for(capfd: pytest.CaptureFixture) -> None:
+    """The gloo twin of NCCL's watchdog path: a silent peer fails rank 0's collective at ``timeout_s``, the
+    run exits non-zero naming that rank, and the spawner ends it (within timeout + grace, not a hang)."""
+    t0 = time.monotonic()
+    assert launch_local(_freeze, 2, {"timeout_s": 5}, ".", []) == 2
+    elapsed = time.monotonic() - t0
+    lines = error_lines(capfd.readouterr().err)
+    assert lines == [HUNG.format(1)], lines
+    assert 5 <= elapsed < 5 + GRACE_S + 45, elapsed
 
 
 FORCED_MISMATCH = """
