@@ -112,7 +112,7 @@ class HostBuffer:
 def _plan(
     ids: torch.Tensor, weights: torch.Tensor, gtok: torch.Tensor, rank: int, r: DeviceRoutes
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """On the device, from ``ids [n, k]``: (token-per-destination mask bool ``[G, n]``, int32 destination of
+    """On the device, from ``ids [n, k]``: (token-per-destination mask bool ``[G, n]``, int64 destination of
     each copy ``[n, k]``, per copy int32 ``[n, 2k]`` = slot there | gate weight bits, counts ``[G, 1+S]``)."""
     n, k = ids.shape
     g = r.choice.shape[0]
@@ -127,7 +127,7 @@ def _plan(
     table = table.view(g, 1 + r.slots)
     table[:, 0] = mask.sum(1)
     per_copy = torch.cat([slot.to(torch.int32), weights.to(torch.float32).view(torch.int32)], 1)
-    return mask, dest.to(torch.int32), per_copy, table
+    return mask, dest, per_copy, table
 
 
 class CountExchange:
@@ -179,7 +179,7 @@ def _sent_rows(
     k = dest.shape[1]
     pairs = torch.nonzero_static(mask, size=m)  # [m, 2] (destination, token), both ascending
     d, t = pairs[:, 0], pairs[:, 1]
-    here = (dest[t] == d.to(torch.int32)[:, None])[:, None, :]  # [m, 1, k]
+    here = (dest[t] == d[:, None])[:, None, :]  # [m, 1, k]
     meta = torch.where(here, per_copy[t].view(-1, 2, k), r.meta_fill(k).view(2, k)).view(-1, 2 * k)
     return d, t, meta, pack(x[t], meta)
 
@@ -273,7 +273,10 @@ def pack(x: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows ``[m, H]``, int32 metadata ``[m, 2k]``) of a packed ``[m, H + extra]`` tensor."""
-    return packed[:, :hidden], packed[:, hidden:].contiguous().view(torch.int32)
+    meta = packed[:, hidden:]
+    if meta.element_size() != 4:  # bf16: two columns per int32 need an aligned copy; fp32 is a plain view
+        meta = meta.contiguous()
+    return packed[:, :hidden], meta.view(torch.int32)
 
 
 def exchange(x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
@@ -292,7 +295,8 @@ def received_copies(
     ``m * k - copies`` choices that live elsewhere (slot -1) sort first and are skipped.
     """
     del slots
-    s = meta[:, :top_k].reshape(-1)
-    order = torch.argsort(s, stable=True)[s.numel() - copies :]
-    w = meta[:, top_k:].reshape(-1).view(torch.float32)
-    return order // top_k, s[order].to(torch.int64), w[order]
+    sorted_slots, order = torch.sort(meta[:, :top_k].reshape(-1), stable=True)
+    skip = order.numel() - copies
+    w = meta[:, top_k:].view(torch.float32).reshape(-1)
+    order = order[skip:]
+    return order // top_k, sorted_slots[skip:].to(torch.int64), w[order]
