@@ -119,10 +119,11 @@ def _plan(
     if r.replicated:
         dest = r.choice[rank][ids, gtok[:, None] % r.count[rank][ids]]  # [n, k]
     else:
-        dest = r.first(rank)[ids]
+        dest = r.first(rank).index_select(0, ids.view(-1)).view(n, k)  # index_select: CPU's fast gather
     mask = torch.zeros((g, n), dtype=torch.bool, device=ids.device)
-    mask[dest, r.arange(n)[:, None]] = True
-    slot = r.local_slot[dest, ids]  # [n, k], >= 0: dest holds the expert
+    mask.view(-1).index_fill_(0, (dest * n + r.arange(n)[:, None]).view(-1), True)
+    e = r.local_slot.shape[1]
+    slot = r.local_slot.view(-1).index_select(0, (dest * e + ids).view(-1)).view(n, k)  # >= 0: dest has it
     table = torch.bincount((dest * (1 + r.slots) + 1 + slot).view(-1), minlength=g * (1 + r.slots))
     table = table.view(g, 1 + r.slots)
     table[:, 0] = mask.sum(1)
@@ -178,10 +179,11 @@ def _sent_rows(
     of the ``m`` sent rows, destination-major and token-ascending (the legacy path's order)."""
     k = dest.shape[1]
     pairs = torch.nonzero_static(mask, size=m)  # [m, 2] (destination, token), both ascending
-    d, t = pairs[:, 0], pairs[:, 1]
-    here = (dest[t] == d[:, None])[:, None, :]  # [m, 1, k]
-    meta = torch.where(here, per_copy[t].view(-1, 2, k), r.meta_fill(k).view(2, k)).view(-1, 2 * k)
-    return d, t, meta, pack(x[t], meta)
+    d, t = pairs[:, 0], pairs[:, 1].contiguous()
+    here = (dest.index_select(0, t) == d[:, None])[:, None, :]  # [m, 1, k]
+    fill = r.meta_fill(k).view(2, k)
+    meta = torch.where(here, per_copy.index_select(0, t).view(-1, 2, k), fill).view(-1, 2 * k)
+    return d, t, meta, pack(x.index_select(0, t), meta)
 
 
 def _layout(t: torch.Tensor, meta: torch.Tensor, packed: torch.Tensor, send: list[int],
@@ -299,4 +301,4 @@ def received_copies(
     skip = order.numel() - copies
     w = meta[:, top_k:].view(torch.float32).reshape(-1)
     order = order[skip:]
-    return order // top_k, sorted_slots[skip:].to(torch.int64), w[order]
+    return order // top_k, sorted_slots[skip:].to(torch.int64), w.index_select(0, order)

@@ -5,7 +5,8 @@ returns one partial result (the gate-weighted sum of its experts' outputs for th
 rank adds the partials (Megatron-style combine to the source).
 
 Two paths (``engine.dispatch``): ``fast`` (``ep_moe``: the layout on the device, one count exchange, rows and
-metadata packed in one exchange, one grouped GEMM; ``moe.engine.dispatch`` / ``moe.engine.experts``) and
+metadata packed in one exchange, one grouped GEMM; ``moe.engine.dispatch`` / ``moe.engine.experts``; ``padded``:
+the same with the counts inside one fixed-size exchange) and
 ``legacy`` (``ep_moe_legacy``: the first engine, kept as the benchmark's baseline and as a reference: plan on
 the host, counts to the host, separate metadata exchange, a per-expert loop with a ``nonzero`` each).
 ``engine.overlap=two_batch`` (``ep_moe_two_batch``) splits the tokens in two and runs one half's exchanges
