@@ -152,7 +152,7 @@ class EngineOptions:
         _choice("overlap", self.overlap, OVERLAPS)
         if self.overlap != "none" and self.dispatch == "legacy":
             raise ConfigError(
-                "overlap", "two_batch needs engine.dispatch=fast (the legacy path has no overlap)"
+                "overlap", "two_batch needs engine.dispatch=fast or padded (the legacy path has no overlap)"
             )
         if isinstance(self.nccl_async_error_handling, bool) or self.nccl_async_error_handling not in (
             0,
