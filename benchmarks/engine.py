@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from benchmarks.engine_overhead import overhead_rank
+from benchmarks.engine_overhead import PATHS, overhead_rank
 from benchmarks.timing import best_time
 from common.experiment import RunContext, RunOutput, run_experiment
 from common.log import get_logger
@@ -83,9 +83,8 @@ OVERHEAD_SHAPES = {  # routing shapes at CPU widths: the overhead grows with exp
 def overhead_metrics(nproc: int, repeats: int, batch_tokens: int = 1024) -> dict[str, float]:
     """Legacy vs fast per-layer overhead (seconds, summed over layers) for each of ``OVERHEAD_SHAPES``."""
     out: dict[str, float] = {}
-    print(
-        f"{'shape':10s} {'path':7s} {'layer s':>10s} {'floor s':>10s} {'overhead s':>11s}  (summed over layers)"
-    )
+    print(f"{'shape':10s} {'path':7s} {'layer s':>10s} {'floor s':>10s} {'overhead s':>11s} {'seq floor s':>12s} "
+          f"{'overhead s':>11s}  (summed over layers; floor: parts apart | in sequence)")  # fmt: skip
     for name, dims in OVERHEAD_SHAPES.items():
         with tempfile.TemporaryDirectory() as tmp:
             cfg = {"model": {"name": name, "num_heads": 4, **dims}, "batch_tokens": batch_tokens,
@@ -93,17 +92,19 @@ def overhead_metrics(nproc: int, repeats: int, batch_tokens: int = 1024) -> dict
             if launch_local(overhead_rank, nproc, cfg, tmp, []) != 0:
                 raise SystemExit("error: the overhead benchmark's ranks failed")
             res = json.loads((Path(tmp) / "overhead.json").read_text())
-        for p in ("legacy", "fast"):
-            out[f"{name}_{p}_layer_s"] = res[p]
-            out[f"{name}_{p}_overhead_s"] = res[f"{p}_overhead_s"]
-            out[f"{name}_{p}_floor_s"] = res[f"floor_{p}"]
-            print(
-                f"{name:10s} {p:7s} {res[p]:10.5f} {res[f'floor_{p}']:10.5f} {res[f'{p}_overhead_s']:11.5f}"
-            )
-        out[f"{name}_overhead_ratio"] = res["fast_overhead_s"] / res["legacy_overhead_s"]
-        print(
-            f"{name}: fast / legacy overhead = {out[f'{name}_overhead_ratio']:.3f} (kernel {res['kernel']})"
-        )
+        for p in PATHS:
+            for key, val in ((f"{p}_layer_s", res[p]), (f"{p}_floor_s", res[f"floor_{p}"]),
+                             (f"{p}_overhead_s", res[f"{p}_overhead_s"]), (f"{p}_floor_seq_s", res[f"floor_seq_{p}"]),
+                             (f"{p}_overhead_seq_s", res[f"{p}_overhead_seq_s"])):  # fmt: skip
+                out[f"{name}_{key}"] = val
+            print(f"{name:10s} {p:7s} {res[p]:10.5f} {res[f'floor_{p}']:10.5f} {res[f'{p}_overhead_s']:11.5f} "
+                  f"{res[f'floor_seq_{p}']:12.5f} {res[f'{p}_overhead_seq_s']:11.5f}")  # fmt: skip
+        for p in ("fast", "padded"):
+            tag = "" if p == "fast" else "padded_"
+            out[f"{name}_{tag}overhead_ratio"] = res[f"{p}_overhead_s"] / res["legacy_overhead_s"]
+            out[f"{name}_{tag}overhead_seq_ratio"] = res[f"{p}_overhead_seq_s"] / res["legacy_overhead_seq_s"]
+            print(f"{name}: {p} / legacy overhead = {out[f'{name}_{tag}overhead_ratio']:.3f} (floor in parts), "
+                  f"{out[f'{name}_{tag}overhead_seq_ratio']:.3f} (floor in sequence); kernel {res['kernel']}")  # fmt: skip
     return out
 
 

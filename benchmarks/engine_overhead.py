@@ -6,8 +6,11 @@ Per layer and repeat (a barrier before each timed call, none inside; the slowest
 - ``layer``: one MoE layer call of the path (dispatch, expert compute, combine, everything it does);
 - the path's **floor**: the all-to-all of the received rows' hidden states (``[m, H]``, known splits), the
   path's own expert GEMMs on the already-sorted copies (legacy: one SwiGLU per expert; fast: its kernel) and
-  the all-to-all of the partials back;
-- ``overhead = layer - floor``: host round trips, planning, metadata exchange, per-expert syncs, gathers.
+  the all-to-all of the partials back, timed two ways: the three parts apart, each after its own barrier
+  (``floor_<path>``, the first benchmark's), and the three in one call after one barrier
+  (``floor_seq_<path>``: as a layer runs them, so a collective that follows compute pays the same waits);
+- ``overhead = layer - floor`` (``<path>_overhead_s``; ``<path>_overhead_seq_s`` against the sequence
+  floor): host round trips, planning, count and metadata exchanges, per-expert syncs, gathers.
 
 Medians over repeats, summed over layers. ``launch_local`` spawns the ranks; rank 0 writes ``overhead.json``.
 """
@@ -33,7 +36,7 @@ from moe.engine.spec import EngineOptions, MoEModelSpec
 from moe.placement.simple import contiguous
 from moe.synthetic import ModelShape, generate_trace
 
-PATHS = ("legacy", "fast")
+PATHS = ("legacy", "fast", "padded")
 
 
 def _timed(fn: Any) -> float:
@@ -47,9 +50,12 @@ def _timed(fn: Any) -> float:
 def _floors(model: ExpertParallelModel, li: int, x: torch.Tensor, ids: torch.Tensor, gw: torch.Tensor,
             gtok: torch.Tensor) -> dict[str, float]:  # fmt: skip
     """Seconds of the pure all-to-alls plus each path's own expert GEMMs of one layer (inputs made untimed):
-    ``legacy``: one SwiGLU per expert (its loop without the ``nonzero``), ``fast``: the fast path's kernel."""
+    ``legacy``: one SwiGLU per expert (its loop without the ``nonzero``), ``fast`` / ``padded``: the fast
+    path's kernel. ``<path>``: the three parts timed apart, each after a barrier (the first benchmark's
+    floor); ``seq_<path>``: the same three in one call after one barrier, as a layer runs them (the wait of a
+    collective that follows compute on the other rank, and the wake-up of a rank that blocked, count)."""
     rt = model.runtime[li]
-    lay = layout(ids, gw, gtok, model.rank, rt.routes, rt.host, rt.experts.count)
+    lay = layout(x, ids, gw, gtok, model.rank, rt.routes, rt.host, rt.experts.count)
     rows = x[lay.rows].contiguous()
     meta = exchange(lay.meta, lay.send, lay.recv)
     h = exchange(rows, lay.send, lay.recv)
@@ -59,8 +65,16 @@ def _floors(model: ExpertParallelModel, li: int, x: torch.Tensor, ids: torch.Ten
     a2a = _timed(lambda: exchange(rows, lay.send, lay.recv)) + _timed(
         lambda: exchange(partial, lay.recv, lay.send)
     )
-    return {"legacy": a2a + _timed(lambda: loop.forward(h, *cp, lay.per_slot)),
-            "fast": a2a + _timed(lambda: rt.experts.forward(h, *cp, lay.per_slot))}  # fmt: skip
+    out = {}
+    for name, st in (("legacy", loop), ("fast", rt.experts)):
+        out[name] = a2a + _timed(lambda st=st: st.forward(h, *cp, lay.per_slot))
+        out[f"seq_{name}"] = _timed(
+            lambda st=st: exchange(
+                st.forward(exchange(rows, lay.send, lay.recv), *cp, lay.per_slot), lay.recv, lay.send
+            )
+        )
+    out["padded"], out["seq_padded"] = out["fast"], out["seq_fast"]
+    return out
 
 
 def _timed_layer(m: ExpertParallelModel, li: int, x: torch.Tensor, ids: torch.Tensor, gw: torch.Tensor,
@@ -84,7 +98,8 @@ def overhead_rank(cfg: dict[str, Any], run_dir: str, roots: list[str]) -> None:
         n, g, spec.hidden_size, 0, experts=generate_trace(shape, 4 * n, skew=1.0, seed=0).experts
     )
     off = PhaseClock(dctx.device, barriers=False, enabled=False)
-    times = {k: np.zeros((reps, spec.num_layers)) for k in (*PATHS, *(f"floor_{p}" for p in PATHS))}
+    keys = (*PATHS, *(f"floor_{p}" for p in PATHS), *(f"floor_seq_{p}" for p in PATHS))
+    times = {k: np.zeros((reps, spec.num_layers)) for k in keys}
     for r in range(reps):
         batch = src.batch(r % 4, dctx.rank)
         assert batch.routing is not None
@@ -103,6 +118,7 @@ def overhead_rank(cfg: dict[str, Any], run_dir: str, roots: list[str]) -> None:
     if dctx.rank == 0:
         res = {k: float(np.median(v, axis=0).sum()) for k, v in gathered.items()}
         res.update({f"{p}_overhead_s": res[p] - res[f"floor_{p}"] for p in PATHS})
+        res.update({f"{p}_overhead_seq_s": res[p] - res[f"floor_seq_{p}"] for p in PATHS})
         res["kernel"] = models["fast"].kernel
         atomic_write_text(Path(run_dir) / "overhead.json", json.dumps(res))
     dist.barrier()

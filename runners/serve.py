@@ -53,8 +53,8 @@ def main(cfg: DictConfig) -> None:
         model_spec(plain)  # refuse a non-MoE model before any rank starts
     except SuiteError as exc:
         fail(str(exc))
-    if plain["mode"] == IN_PROCESS:
-        run_from_hydra(cfg, "serve", fn)
+    if plain["mode"] == IN_PROCESS:  # the followed config: the calibrated expert is the trace's model's
+        run_from_hydra(OmegaConf.create(plain), "serve", fn)
         return
     run_dir = str(HydraConfig.get().runtime.output_dir)
     roots = [str(r) for r in job_roots(plain.get("resume_dir"))]

@@ -121,14 +121,21 @@ def dead_rank_line(codes: list[int | None]) -> str | None:
     """The error line naming the first rank that died (a signal, or a status the ranks never use), if any.
 
     Statuses 0 and 2 are the ranks' own (success, and failure after rank 0 printed the run's line); rank 0
-    exits ``PEER_GONE`` when a peer vanished without writing its error.
+    exits ``PEER_GONE`` when a peer vanished without writing its error; ``None``: still running when the
+    others had stopped (a hung rank, killed by the spawner).
     """
     for r, c in enumerate(codes):
-        if c is not None and c < 0:
+        if c is None:
+            continue
+        if c < 0:
             name = signal.Signals(-c).name if -c in signal.Signals.__members__.values() else str(-c)
             return f"error: rank {r} died (killed by signal {name}); the other ranks stopped"
         if c not in (0, 2, PEER_GONE):
             return f"error: rank {r} died (exit status {c}); the other ranks stopped"
+    stuck = [r for r, c in enumerate(codes) if c is None]
+    if stuck and codes[0] in (PEER_GONE, None):  # rank 0 printed nothing: name the rank that hung
+        return (f"error: rank {stuck[0]} stopped answering: the other ranks' collectives failed or timed out "
+                "waiting for it (engine.timeout_s); the ranks were stopped")  # fmt: skip
     if codes and codes[0] == PEER_GONE:
         return f"error: a rank stopped without reporting an error (exit statuses {codes})"
     return None

@@ -93,12 +93,28 @@ def rank_layout(dctx: DistContext) -> str:
     return f"{head}, one GPU per rank ({dctx.backend})"
 
 
+def nccl_environment(opts: EngineOptions) -> dict[str, str]:
+    """The NCCL process group's failure handling from the options: environment set before the group is made.
+
+    ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` (``engine.nccl_async_error_handling``; 1: the watchdog aborts the
+    communicators and ends the process when a collective fails or exceeds ``engine.timeout_s``, so a dead
+    peer costs at most the timeout) and ``TORCH_NCCL_BLOCKING_WAIT`` (``engine.nccl_blocking_wait``).
+    """
+    return {
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": str(int(opts.nccl_async_error_handling)),
+        "TORCH_NCCL_BLOCKING_WAIT": "1" if opts.nccl_blocking_wait else "0",
+    }
+
+
 def init_distributed(opts: EngineOptions) -> DistContext:
-    """Join the process group described by the environment (torchrun's, or the spawner's), with a timeout."""
+    """Join the process group described by the environment (torchrun's, or the spawner's), with a timeout
+    (``engine.timeout_s``); with NCCL, its failure handling from the options first (``nccl_environment``)."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     backend, device, dtype = resolve_backend(opts, torch.cuda.is_available(), local_world=local_world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if backend == "nccl":
+        os.environ.update(nccl_environment(opts))
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,

@@ -115,7 +115,11 @@ class ExpertParallelModel:
         self.routes = layer_routes(placement, node_of, replica_choice)
         self.runtime = [
             LayerRuntime(
-                DeviceRoutes.of(r, device), StackedExperts(ex, kernel), HostBuffer(device), spec.top_k
+                DeviceRoutes.of(r, device),
+                StackedExperts(ex, kernel),
+                HostBuffer(device),
+                spec.top_k,
+                padded=path == "padded",
             )
             for r, ex in zip(self.routes, self.experts, strict=True)
         ]

@@ -5,7 +5,8 @@ returns one partial result (the gate-weighted sum of its experts' outputs for th
 rank adds the partials (Megatron-style combine to the source).
 
 Two paths (``engine.dispatch``): ``fast`` (``ep_moe``: the layout on the device, one count exchange, rows and
-metadata packed in one exchange, one grouped GEMM; ``moe.engine.dispatch`` / ``moe.engine.experts``) and
+metadata packed in one exchange, one grouped GEMM; ``moe.engine.dispatch`` / ``moe.engine.experts``; ``padded``:
+the same with the counts inside one fixed-size exchange) and
 ``legacy`` (``ep_moe_legacy``: the first engine, kept as the benchmark's baseline and as a reference: plan on
 the host, counts to the host, separate metadata exchange, a per-expert loop with a ``nonzero`` each).
 ``engine.overlap=two_batch`` (``ep_moe_two_batch``) splits the tokens in two and runs one half's exchanges
@@ -27,7 +28,7 @@ from moe.engine.dispatch import (
     Layout,
     exchange,
     layout,
-    pack,
+    padded_dispatch,
     received_copies,
     unpack,
 )
@@ -95,6 +96,7 @@ class LayerRuntime:
     experts: StackedExperts
     host: HostBuffer
     top_k: int
+    padded: bool = False
 
 
 @dataclass
@@ -108,9 +110,14 @@ class InFlight:
 
 def dispatch(x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor, gtok: torch.Tensor, rank: int,
              rt: LayerRuntime) -> InFlight:  # fmt: skip
-    """Layout, one count exchange and one packed exchange of ``x [n, H]`` (all on ``x``'s device)."""
-    lay = layout(ids, w, gtok, rank, rt.routes, rt.host, rt.experts.count)
-    h, meta = unpack(exchange(pack(x[lay.rows], lay.meta), lay.send, lay.recv), x.shape[1])
+    """Layout, one count exchange and one packed exchange of ``x [n, H]`` (all on ``x``'s device); with
+    ``rt.padded`` one exchange of fixed-size buffers that carry the counts too."""
+    if rt.padded:
+        lay, got = padded_dispatch(x, ids, w, gtok, rank, rt.routes, rt.host, rt.experts.count)
+    else:
+        lay = layout(x, ids, w, gtok, rank, rt.routes, rt.host, rt.experts.count)
+        got = exchange(lay.packed, lay.send, lay.recv)
+    h, meta = unpack(got, x.shape[1])
     return InFlight(lay, h, meta)
 
 

@@ -14,7 +14,7 @@ BACKENDS = ("auto", "gloo", "nccl")
 ROUTINGS = ("router", "trace")
 DTYPES = ("auto", "float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
-DISPATCHES = ("fast", "legacy")
+DISPATCHES = ("fast", "padded", "legacy")
 KERNELS = ("auto", "grouped_mm", "bmm", "loop")
 OVERLAPS = ("none", "two_batch", "split")
 
@@ -110,12 +110,19 @@ class EngineOptions:
         seq_len: tokens per attention sequence; each rank holds whole sequences.
         phase_barriers: a barrier before every phase, so each phase's clock starts on all ranks together.
         require_experts_on_every_rank: refuse a placement that leaves a rank without experts in a layer.
-        dispatch: ``fast`` (layout on the device, one count exchange, packed rows and metadata, grouped GEMM)
-            or ``legacy`` (the first engine's path: the benchmark's baseline).
+        dispatch: ``fast`` (layout on the device, one count exchange, packed rows and metadata, grouped GEMM),
+            ``padded`` (``fast`` with the counts carried in one exchange of fixed-size per-rank buffers: no
+            count exchange, up to ``n`` rows to each rank; DeepEP's low-latency layout) or ``legacy`` (the
+            first engine's path: the benchmark's baseline).
         experts: the fast path's expert kernel: ``auto`` (``grouped_mm`` where it runs, else ``bmm``),
             ``grouped_mm``, ``bmm`` (padded batched matmul) or ``loop`` (one SwiGLU per expert: the reference).
         overlap: ``none``, ``two_batch`` (two halves, one's exchanges during the other's expert compute) or
             ``split`` (the same halves one after the other: ``two_batch``'s no-overlap reference).
+        nccl_async_error_handling: with ``backend=nccl``, ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` (0 none, 1 the
+            watchdog aborts the communicators and ends the process when a collective fails or exceeds
+            ``timeout_s``, 2 abort without ending the process, 3 end without the abort's clean-up).
+        nccl_blocking_wait: with ``backend=nccl``, ``TORCH_NCCL_BLOCKING_WAIT``: a collective's ``wait`` blocks
+            the calling thread and raises there after ``timeout_s`` (false: the watchdog alone acts).
     """
 
     backend: str = "auto"
@@ -135,6 +142,8 @@ class EngineOptions:
     dispatch: str = "fast"
     experts: str = "auto"
     overlap: str = "none"
+    nccl_async_error_handling: int = 1
+    nccl_blocking_wait: bool = False
 
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
@@ -143,7 +152,20 @@ class EngineOptions:
         _choice("overlap", self.overlap, OVERLAPS)
         if self.overlap != "none" and self.dispatch == "legacy":
             raise ConfigError(
-                "overlap", "two_batch needs engine.dispatch=fast (the legacy path has no overlap)"
+                "overlap", "two_batch needs engine.dispatch=fast or padded (the legacy path has no overlap)"
+            )
+        if isinstance(self.nccl_async_error_handling, bool) or self.nccl_async_error_handling not in (
+            0,
+            1,
+            2,
+            3,
+        ):
+            raise ConfigError(
+                "nccl_async_error_handling", f"expected 0, 1, 2 or 3, got {self.nccl_async_error_handling!r}"
+            )
+        if not isinstance(self.nccl_blocking_wait, bool):
+            raise ConfigError(
+                "nccl_blocking_wait", f"expected true or false, got {self.nccl_blocking_wait!r}"
             )
         _choice("device", self.device, DEVICES)
         _choice("dtype", self.dtype, DTYPES)

@@ -76,7 +76,7 @@ def _cost_dispatch(ids: np.ndarray, assignment: list, world: int, rule: str) -> 
 @pytest.mark.parametrize(
     ("world", "rule", "path", "overlap"),
     [(2, "even", "fast", "none"), (4, "local", "fast", "none"), (2, "local", "legacy", "none"),
-     (2, "even", "fast", "two_batch")],
+     (2, "even", "fast", "two_batch"), (4, "local", "padded", "none"), (2, "even", "padded", "two_batch")],
 )  # fmt: skip
 def test_engine_equals_reference_and_cost_model_dispatch(
     world: int, rule: str, path: str, overlap: str
@@ -97,10 +97,10 @@ def test_engine_equals_reference_and_cost_model_dispatch(
         np.testing.assert_array_equal(other[0][3], results[0][0][3])
 
 
-def _paths(rank: int, world: int) -> list[tuple[bool, bool, float]]:
+def _paths(rank: int, world: int) -> list[tuple[bool, bool, float, bool]]:
     """Per placement, fp32, trace routing: (two_batch == the same split without overlap bit for bit, and ==
     the unsplit batch within 1e-5; every kernel's output == the loop's within 1e-5; the legacy path's max abs
-    difference from the fast path).
+    difference from the fast path; the padded dispatch == the fast one bit for bit, unsplit and two_batch).
 
     Not bit for bit against the unsplit batch: CPU GEMMs compute a row with other micro-kernels when the
     group's row count changes (a row at the tail of a tile), so halving a batch moves the last bits."""
@@ -127,17 +127,23 @@ def _paths(rank: int, world: int) -> list[tuple[bool, bool, float]]:
         kernels = all(
             [torch.allclose(run("fast", k, "none"), base, rtol=1e-5, atol=1e-5) for k in ("auto", "bmm")]
         )
-        out.append((same and close, kernels, float((run("legacy", "auto", "none") - base).abs().max())))
+        padded = all(
+            [torch.equal(run("padded", "auto", o), run("fast", "auto", o)) for o in ("none", "two_batch")]
+        )
+        out.append(
+            (same and close, kernels, float((run("legacy", "auto", "none") - base).abs().max()), padded)
+        )
     return out
 
 
 @pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_overlap_is_bit_identical_and_kernels_and_paths_agree(world: int) -> None:
     for rank_result in spawn_ranks(_paths, world, timeout_s=90):
-        for same, kernels, legacy_diff in rank_result:
+        for same, kernels, legacy_diff, padded in rank_result:
             assert same, "two_batch differs from the same split without overlap (or from the unsplit batch)"
             assert kernels, "grouped_mm / bmm differ from the per-expert loop"
             assert legacy_diff <= 1e-5
+            assert padded, "the padded dispatch differs from the fast one"
 
 
 def _real_shape(rank: int, world: int) -> tuple[float, float]:

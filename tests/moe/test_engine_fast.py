@@ -4,14 +4,18 @@ a placement file whose map contradicts its assignment is refused; the model foll
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from common.errors import ConfigError, InputError
+from moe.engine import comm
 from moe.engine.comm import resolve_backend
 from moe.engine.compare import calibration_device, model_metrics
 from moe.engine.dispatch import pack, received_copies, unpack
@@ -101,6 +105,52 @@ def test_several_ranks_share_one_gpu_over_gloo_and_nccl_is_refused(monkeypatch: 
         "nccl", torch.device("cuda", 3))  # fmt: skip
     with pytest.raises(ConfigError, match="key .overlap.: two_batch needs"):
         EngineOptions(dispatch="legacy", overlap="two_batch")
+
+
+NCCL_VARS = ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_BLOCKING_WAIT")
+
+
+class _Joined(Exception):
+    """Raised by the recording ``init_process_group``: what init passed has been seen."""
+
+
+@pytest.mark.parametrize(("backend", "blocking"), [("nccl", True), ("nccl", False), ("gloo", True)])
+def test_nccl_failure_handling_is_set_by_config_before_the_group_is_made(
+    monkeypatch: pytest.MonkeyPatch, backend: str, blocking: bool
+) -> None:
+    """No GPU here: the group's creation is recorded (backend, timeout, device, NCCL environment at that
+    moment) instead of run. Gloo leaves the NCCL variables alone."""
+    for var in NCCL_VARS:
+        monkeypatch.setenv(var, "3")  # restored after the test
+    device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
+    monkeypatch.setattr(comm, "resolve_backend", lambda *a, **k: (backend, device, torch.float32))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    seen: dict = {}
+
+    def record(**kwargs: object) -> None:
+        seen.update(kwargs, env={v: os.environ[v] for v in NCCL_VARS})
+        raise _Joined
+
+    monkeypatch.setattr(dist, "init_process_group", record)
+    opts = EngineOptions(
+        backend=backend, timeout_s=7.5, nccl_blocking_wait=blocking, nccl_async_error_handling=1
+    )
+    with pytest.raises(_Joined):
+        comm.init_distributed(opts)
+    assert (seen["backend"], seen["timeout"]) == (backend, datetime.timedelta(seconds=7.5))
+    if backend == "nccl":
+        assert seen["device_id"] == device
+        assert seen["env"] == {
+            "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+            "TORCH_NCCL_BLOCKING_WAIT": str(int(blocking)),
+        }
+    else:
+        assert seen["device_id"] is None and seen["env"] == dict.fromkeys(NCCL_VARS, "3")
+    with pytest.raises(ConfigError, match="nccl_async_error_handling"):
+        EngineOptions(nccl_async_error_handling=4)
+    with pytest.raises(ConfigError, match="nccl_blocking_wait"):
+        EngineOptions(nccl_blocking_wait="yes")  # type: ignore[arg-type]
 
 
 def test_placement_file_whose_map_contradicts_its_assignment_is_refused(tmp_path: Path) -> None:

@@ -8,12 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
 
 from common.errors import ConfigError
 from moe.engine.comm import init_distributed
@@ -22,7 +24,7 @@ from moe.placement.simple import contiguous
 from moe.topology import topology_from_config
 from runners.serve import check_model_override, moe_model_options
 from runners.serve_body import model_spec
-from runners.serve_launch import launch_local
+from runners.serve_launch import GRACE_S, PEER_GONE, dead_rank_line, launch_local
 from tests.conftest import CONF_DIR, REPO
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "SUITE_THREADS": "1", "SUITE_PROGRESS": "0"}
@@ -107,9 +109,48 @@ def _die(cfg: dict, run_dir: str, roots: list[str]) -> None:
 
 @pytest.mark.slow
 def test_a_rank_that_dies_is_named(capfd: pytest.CaptureFixture) -> None:
+    t0 = time.monotonic()
     assert launch_local(_die, 2, {}, ".", []) == 2
     err = capfd.readouterr().err
     assert error_lines(err) == ["error: rank 1 died (killed by signal SIGKILL); the other ranks stopped"], err
+    assert time.monotonic() - t0 < 60, "the dead peer was found at once, not after the 60 s group timeout"
+
+
+HUNG = (
+    "error: rank {} stopped answering: the other ranks' collectives failed or timed out waiting for it "
+    "(engine.timeout_s); the ranks were stopped"
+)
+
+
+def test_dead_rank_line_names_a_killed_or_hung_rank_and_stays_quiet_after_rank_0s_line() -> None:
+    assert dead_rank_line([2, -9]) == "error: rank 1 died (killed by signal SIGKILL); the other ranks stopped"
+    assert dead_rank_line([PEER_GONE, None]) == HUNG.format(1)  # rank 0 timed out waiting for rank 1
+    assert dead_rank_line([None, 2]) == HUNG.format(0)  # rank 0 hung: rank 1 timed out, silently
+    assert dead_rank_line([2, None]) is None  # rank 0 printed the run's error line; rank 1 was stopped
+    assert dead_rank_line([0, 0]) is None
+
+
+def _freeze(cfg: dict, run_dir: str, roots: list[str]) -> None:
+    """Rank 1 stops (SIGSTOP: alive, silent, its sockets open: a hung peer, as a dead NCCL peer looks) while
+    rank 0 waits in an all-reduce; the group's timeout is ``cfg['timeout_s']``."""
+    init_distributed(EngineOptions(backend="gloo", device="cpu", timeout_s=cfg["timeout_s"]))
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    dist.all_reduce(t)
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_named_after_the_group_timeout_not_waited_for(capfd: pytest.CaptureFixture) -> None:
+    """The gloo twin of NCCL's watchdog path: a silent peer fails rank 0's collective at ``timeout_s``, the
+    run exits non-zero naming that rank, and the spawner ends it (within timeout + grace, not a hang)."""
+    t0 = time.monotonic()
+    assert launch_local(_freeze, 2, {"timeout_s": 5}, ".", []) == 2
+    elapsed = time.monotonic() - t0
+    lines = error_lines(capfd.readouterr().err)
+    assert lines == [HUNG.format(1)], lines
+    assert 5 <= elapsed < 5 + GRACE_S + 45, elapsed
 
 
 FORCED_MISMATCH = """
@@ -165,6 +206,35 @@ def test_calibrate_on_cpu_writes_an_override_that_topologies_load(tmp_path: Path
     assert topo.compute.time_per_token_s == pytest.approx(m["calib_time_per_token_s"])
     with pytest.raises(ConfigError, match="topology.compute_file"):
         topology_from_config({"name": "x", "compute_file": str(tmp_path / "missing.yaml")})
+
+
+@pytest.mark.slow
+def test_a_served_run_takes_the_traces_model_shape(tmp_path: Path) -> None:
+    """``mode=serve`` (2 spawned ranks) with the DeepSeek-V2-Lite preset and no model named: its shape
+    (64 experts, top-6, at CPU widths through ``model.<field>``), labelled ``model_from``."""
+    proc = serve("engine.nproc=2", "trace.preset=deepseek_v2_lite", "trace.tokens=2048", "model.hidden_size=32",
+                 "model.ffn_size=32", "model.shared_ffn_size=32", "model.num_heads=4", "engine.batch_tokens=256",
+                 "engine.measure_iters=1", "engine.warmup_iters=0", "engine.check_reference=true",
+                 f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads((tmp_path / "result.json").read_text())
+    assert (rec["config"]["model"]["num_experts"], rec["config"]["model"]["top_k"]) == (64, 6)
+    assert rec["labels"]["model_from"] == "preset:deepseek_v2_lite_shape"
+    assert rec["metrics"]["reference_ok"] == 1
+
+
+@pytest.mark.parametrize(("named", "model", "hidden"), [([], "deepseek_v2_lite_shape", 2048),
+                                                       (["model=mixtral_tiny"], "mixtral_tiny", 64)])  # fmt: skip
+def test_calibrate_times_the_expert_of_the_traces_model_unless_one_is_named(
+    tmp_path: Path, named: list[str], model: str, hidden: int
+) -> None:
+    proc = serve("mode=calibrate", "trace.preset=deepseek_v2_lite", "calibrate.token_counts=[1,2]",
+                 "calibrate.repeats=1", "calibrate.device=cpu", *named, f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cal = yaml.safe_load((tmp_path / "compute.yaml").read_text())["calibration"]
+    assert (cal["model"], cal["hidden_size"]) == (model, hidden)
+    config = json.loads((tmp_path / "result.json").read_text())["config"]
+    assert config["model_from"] == ("named" if named else "preset:deepseek_v2_lite_shape")
 
 
 @pytest.mark.slow
