@@ -146,6 +146,7 @@ def test_cluster_moves_never_end_slower_and_keep_the_slots(trace):
     assert (out.replica_counts() >= 1).all()
 
 
+@pytest.mark.slow  # about 15 s: three candidates, cluster moves and the search
 def test_moetuner_plus_with_cross_node_moves_starts_from_the_best_candidate(trace):
     ex, e = trace
     problem = ProfiledProblem.from_trace(ex, e, TOPO, EvalOptions(batch_tokens=1000), "unordered", 0)
