@@ -238,6 +238,8 @@ def is_collective_failure(exc: BaseException) -> bool:
     """True when ``exc`` looks like a consequence of a peer's failure (a collective error or timeout)."""
     if isinstance(exc, dist.DistError):
         return True
+    # gloo (torch 2.13) raises a plain RuntimeError when a peer is gone ("Read error ... Connection reset by
+    # peer"), not a DistError; its text is the only thing that tells it from any other RuntimeError.
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(h in text for h in _COLLECTIVE_HINTS)
 
