@@ -38,16 +38,17 @@ class MoETuner(Placer):
         stage1_abs_tol: stage 1 also counts a layer as solved when its imbalance is within this fraction of
             the layer's tokens of the bound (0 = only the relative gap, as the paper).
         stage1_enumerate: a layer with at most this many labellings (``G^E``) is solved by trying them all
-            (exact; 0 = never, as committed; 65536 covers Mixtral's 8 experts on 4 GPUs).
+            (exact; 0 = never, the paper's ILP for every layer; the default 65536 covers Mixtral's 8 experts
+            on 4 GPUs).
         stage1_time_share: part of the budget stage 1 may use (split evenly over the layers still to solve).
         equal_size: every cluster holds exactly ``E / G`` experts (the equal-size variant).
         stage2: ``ilp`` (the paper's joint ILP; decomposed when it exceeds ``max_joint_vars``), ``decomposed``
             (block-coordinate MILP steps with a proven bound), ``greedy`` / ``random`` (ablations
             "stage 1 + greedy", "stage 1 + random mapping").
         max_joint_vars: largest number of product variables for the joint ILP.
-        stage2_bound: ``pairwise`` (the per-boundary bounds, as committed) or ``tight`` (beyond: adds the
-            node-threshold and sorted bounds of ``moetuner_bounds``, the exact chain search of
-            ``moetuner_chain`` for up to 5 GPUs, and node symmetry breaking in the joint ILP).
+        stage2_bound: ``tight`` (the default, beyond the paper: adds the node-threshold and sorted bounds of
+            ``moetuner_bounds``, the exact chain search of ``moetuner_chain`` for up to 5 GPUs, and node
+            symmetry breaking in the joint ILP) or ``pairwise`` (the per-boundary bounds only).
         replicas: extra copies of hot experts per layer added after stage 2 (0 = the paper).
     """
 
@@ -60,12 +61,12 @@ class MoETuner(Placer):
     msg: bool = False
     stage1_time_share: float = 0.4
     stage1_abs_tol: float = 0.001
-    stage1_enumerate: int = 0
+    stage1_enumerate: int = 65536
     equal_size: bool = False
     stage2: str = "ilp"
     max_joint_vars: int = 20000
     replicas: int = 0
-    stage2_bound: str = "pairwise"
+    stage2_bound: str = "tight"
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the time budget

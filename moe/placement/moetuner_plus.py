@@ -11,7 +11,7 @@ trace, then a local search that lowers the cost model's modelled MoE-layer time 
    partner first, plus ``random_moves`` random pairs), and retarget a replica (a copy of the expert with the
    lowest load per copy becomes a copy of the expert with the highest one). A move is kept when the modelled
    time of its layer plus the next one (whose dispatch starts where this layer leaves the tokens) drops.
-   With ``cross_node_sweeps > 0`` (default 0) cluster-level moves across nodes run first, under the same
+   With ``cross_node_sweeps > 0`` (default 1) cluster-level moves across nodes run first, under the same
    acceptance rule and the search's cap: whole-group and node exchanges and Kernighan-Lin swap sequences
    between GPUs of different nodes (``moe.placement.cluster_moves``).
 
@@ -249,7 +249,8 @@ class MoETunerPlus(Placer):
         sweeps: passes over the layers.
         random_moves: random swaps tried per layer and sweep, besides the load-guided ones.
         cross_node_sweeps: passes of cluster-level moves across nodes (whole-group exchanges, Kernighan-Lin
-            sequences; ``moe.placement.cluster_moves``) before the local search; 0 (default) = none.
+            sequences; ``moe.placement.cluster_moves``) before the local search (default 1; 0 = none; they
+            find nothing to move on one node).
         kl_steps: most swaps in one Kernighan-Lin sequence.
     """
 
@@ -261,7 +262,7 @@ class MoETunerPlus(Placer):
     search_tokens: int = 8192
     sweeps: int = 2
     random_moves: int = 6
-    cross_node_sweeps: int = 0
+    cross_node_sweeps: int = 1
     kl_steps: int = 8
 
     def __post_init__(self) -> None:

@@ -149,7 +149,8 @@ def test_moetuner_beats_its_ablations(small) -> None:
 def test_decomposition_is_valid_with_a_proven_gap(small) -> None:
     p, r = small
     b = np.full((4, 4), 900.0)
-    pl = moetuner(p, r, b, MoETuner(time_limit_s=20, equal_size=True, max_joint_vars=0))
+    opts = MoETuner(time_limit_s=20, equal_size=True, max_joint_vars=0, stage2_bound="pairwise")
+    pl = moetuner(p, r, b, opts)
     assert pl.info["stage2"]["method"] == "decomposed"
     assert 0 <= pl.info["bound"] <= pl.info["objective"]
     assert pl.info["gap"] is not None and 0 <= pl.info["gap"] < 1
@@ -175,7 +176,12 @@ def test_real_trace_subset() -> None:
 
 def test_time_limit_is_honoured() -> None:
     p, r = _synthetic(num_layers=10, e=16, k=2, tokens=4000, seed=5)
-    pl = moetuner(p, r, np.full((4, 4), 900.0), MoETuner(time_limit_s=2, gap=0.0, stage1_abs_tol=0.0))
+    pl = moetuner(
+        p,
+        r,
+        np.full((4, 4), 900.0),
+        MoETuner(time_limit_s=2, gap=0.0, stage1_abs_tol=0.0, stage2_bound="pairwise"),
+    )
     # gap 0 cannot be proved in 2 s here: the solver stops at the limit with its best placement
     assert pl.info["status"] == milp.TIME_LIMIT
     assert (pl.replica_counts() == 1).all()

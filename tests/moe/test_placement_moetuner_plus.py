@@ -150,7 +150,7 @@ def test_cluster_moves_never_end_slower_and_keep_the_slots(trace):
 def test_moetuner_plus_with_cross_node_moves_starts_from_the_best_candidate(trace):
     ex, e = trace
     problem = ProfiledProblem.from_trace(ex, e, TOPO, EvalOptions(batch_tokens=1000), "unordered", 0)
-    assert MoETunerPlus().cross_node_sweeps == 0  # the default keeps the old search
+    assert MoETunerPlus().cross_node_sweeps == 1  # on by default
     p = MoETunerPlus(replicas=8, time_limit_s=20, sweeps=1, cross_node_sweeps=1).place(problem)
     info = p.info["search"]
     assert info["cross_node"]["profile_time_before_s"] == min(p.info["start_profile_times_s"].values())
