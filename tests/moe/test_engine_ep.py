@@ -76,7 +76,8 @@ def _cost_dispatch(ids: np.ndarray, assignment: list, world: int, rule: str) -> 
 @pytest.mark.parametrize(
     ("world", "rule", "path", "overlap"),
     [(2, "even", "fast", "none"), (4, "local", "fast", "none"), (2, "local", "legacy", "none"),
-     (2, "even", "fast", "two_batch"), (4, "local", "padded", "none"), (2, "even", "padded", "two_batch")],
+     (2, "even", "fast", "two_batch"), pytest.param(4, "local", "padded", "none", marks=pytest.mark.slow),
+     (2, "even", "padded", "two_batch")],
 )  # fmt: skip
 def test_engine_equals_reference_and_cost_model_dispatch(
     world: int, rule: str, path: str, overlap: str
