@@ -111,13 +111,49 @@ def _client_state(context: Context, setup: Setup, data_dir: str, k: int, rnd: in
     return load_client_state(Path(data_dir), k, rnd) if setup.fl.checkpoint else {}
 
 
+def _train(setup: Setup, msg: Message, context: Context) -> Message:
+    """One local update of client ``context``'s node on its prepared data; the reply carries the parameters,
+    the strategy's extras and the metrics (``num-examples`` by ``fl.weight_by``)."""
+    k, data_dir = _where(context, setup)
+    prepared = context.state["prepared"]["path"] if "prepared" in context.state else None
+    data = load_client(Path(str(prepared)) if prepared else client_file(data_dir, k, prepared=True))
+    rnd = int(msg.content["config"]["server-round"])
+    inject(setup.fl.fault_list, k, rnd)
+    state = _client_state(context, setup, data_dir, k, rnd)
+    payload = from_record(msg.content["payload"]) if "payload" in msg.content else {}
+    model = setup.model.make(setup.dim, setup.num_classes, seed=0)
+    global_params = from_record(msg.content["arrays"])
+    loss_start = mean_loss(set_params(model, global_params), data.features, data.labels)
+    params, extras, new_state, metrics = setup.strategy.client_update(
+        model, global_params, data.features, data.labels, state, payload, train_opts(setup, k, msg)
+    )
+    context.state["strategy"] = to_record(new_state)
+    weight = data.size if setup.fl.weight_by == "augmented" else load_client(client_file(data_dir, k)).size
+    if setup.fl.checkpoint and new_state:
+        save_client_state(Path(data_dir), k, rnd, new_state)
+    out: dict[str, Any] = {
+        "arrays": to_record(params),
+        "metrics": MetricRecord(
+            {
+                "num-examples": weight,
+                "train_loss": metrics["loss"],
+                "loss_start": loss_start,
+                "local_steps": int(metrics["steps"]),
+                "n_train": data.size,
+            }
+        ),  # fmt: skip
+    }
+    if extras:
+        out["extras"] = to_record(extras)
+    return _reply(msg, **out)
+
+
 def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
     """The ``ClientApp`` of a run with a ``Setup``, or with a function that builds it from the node's
     ``Context`` (a deployed SuperNode: ``fedgeo.fl.app``, from the run's ``run_config``).
 
-    Longer than the suite's 60 lines on purpose: Flower registers message handlers as closures decorated on
-    the app object, so the four handlers (``norm``, ``ggeur``, ``prepare`` queries and ``train``) live here,
-    each a few lines that call the module's functions.
+    Flower registers message handlers as closures decorated on the app object: each handler here is a few
+    lines that call the module's functions (``train``: ``_train``).
     """
     app = ClientApp()
 
@@ -169,40 +205,6 @@ def make_client_app(setup_of: Setup | Callable[[Context], Setup]) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         limit_threads()
-        setup = get(context)
-        k, data_dir = _where(context, setup)
-        prepared = context.state["prepared"]["path"] if "prepared" in context.state else None
-        data = load_client(Path(str(prepared)) if prepared else client_file(data_dir, k, prepared=True))
-        rnd = int(msg.content["config"]["server-round"])
-        inject(setup.fl.fault_list, k, rnd)
-        state = _client_state(context, setup, data_dir, k, rnd)
-        payload = from_record(msg.content["payload"]) if "payload" in msg.content else {}
-        model = setup.model.make(setup.dim, setup.num_classes, seed=0)
-        global_params = from_record(msg.content["arrays"])
-        loss_start = mean_loss(set_params(model, global_params), data.features, data.labels)
-        params, extras, new_state, metrics = setup.strategy.client_update(
-            model, global_params, data.features, data.labels, state, payload, train_opts(setup, k, msg)
-        )
-        context.state["strategy"] = to_record(new_state)
-        weight = (
-            data.size if setup.fl.weight_by == "augmented" else load_client(client_file(data_dir, k)).size
-        )
-        if setup.fl.checkpoint and new_state:
-            save_client_state(Path(data_dir), k, rnd, new_state)
-        out: dict[str, Any] = {
-            "arrays": to_record(params),
-            "metrics": MetricRecord(
-                {
-                    "num-examples": weight,
-                    "train_loss": metrics["loss"],
-                    "loss_start": loss_start,
-                    "local_steps": int(metrics["steps"]),
-                    "n_train": data.size,
-                }
-            ),  # fmt: skip
-        }
-        if extras:
-            out["extras"] = to_record(extras)
-        return _reply(msg, **out)
+        return _train(get(context), msg, context)
 
     return app
