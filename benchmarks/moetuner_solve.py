@@ -71,80 +71,86 @@ ROWS = ("paper", "extra", "tight")
 PAPER = {"stage2_bound": "pairwise", "stage1_enumerate": 0}
 
 
+def _runs(
+    case: str, g: int, solvers: list[str], time_limit: float, groups: list[str]
+) -> list[tuple[str, MoETuner]]:
+    """``(row tag, options)`` of every MoETuner run of ``case`` (``g`` GPUs) in the chosen row ``groups``."""
+    runs = [(s, MoETuner(solver=s, time_limit_s=time_limit, **PAPER)) for s in solvers if "paper" in groups]
+    if "tight" in groups:  # beyond the paper: tighter stage 2 bounds, the chain search, node symmetry
+        tight = MoETuner(
+            solver="highs", time_limit_s=time_limit, stage2_bound="tight", stage1_enumerate=2**16
+        )
+        runs.append(("highs_tight", tight))
+    if "extra" in groups and case == "e8_l32_g4":  # the decomposition against the joint ILP, same budget
+        runs.append(("highs_decomposed", MoETuner(time_limit_s=time_limit, stage2="decomposed", **PAPER)))
+    if "extra" in groups and case in ("e8_l32_g4", "e256_l58_g32"):  # hot-expert replicas, one per GPU
+        runs.append(("highs_replicas", MoETuner(time_limit_s=time_limit, replicas=g, **PAPER)))
+    return runs
+
+
+def _values(pl, p, r, b, base_obj: float, base_bal: float) -> dict[str, float | None]:  # noqa: ANN001
+    """One run's row: stage times and gaps, imbalance, objective and balancedness against contiguous."""
+    i = pl.info
+    s1, s2 = i["stage1"], i["stage2"]
+    obj = float(slowest_link(pl, r, b).sum())
+    return {
+        "total_s": i["solve_time_s"],
+        "stage1_solve_s": s1["solve_time_s"],
+        "stage1_gap": s1["gap"],
+        "stage1_imbalance_frac": s1["objective"] / float(p.sum()),
+        "stage2_s": s2["wall_time_s"],
+        "stage2_gap": s2["gap"],
+        "objective_vs_contiguous": obj / base_obj if base_obj else float("nan"),
+        "balancedness": float(balancedness(pl, p).mean()),
+        "balancedness_contiguous": base_bal,
+    }
+
+
 def body(
     ctx: RunContext, cases: list[str], solvers: list[str], time_limit: float, tokens: int, groups: list[str]
 ) -> RunOutput:
     log = get_logger("bench")
     metrics: dict[str, float] = {}
     rows: list[tuple] = []
-
-    def record(tag: str, case: str, pl, p, r, b, base_obj: float, base_bal: float) -> None:
-        i = pl.info
-        s1, s2 = i["stage1"], i["stage2"]
-        obj = float(slowest_link(pl, r, b).sum())
-        bal = float(balancedness(pl, p).mean())
-        vals = {
-            "total_s": i["solve_time_s"],
-            "stage1_solve_s": s1["solve_time_s"],
-            "stage1_gap": s1["gap"],
-            "stage1_imbalance_frac": s1["objective"] / float(p.sum()),
-            "stage2_s": s2["wall_time_s"],
-            "stage2_gap": s2["gap"],
-            "objective_vs_contiguous": obj / base_obj if base_obj else float("nan"),
-            "balancedness": bal,
-            "balancedness_contiguous": base_bal,
-        }
-        for k, v in vals.items():
-            metrics[f"{case}/{tag}/{k}"] = float("nan") if v is None else float(v)
-        metrics[f"{case}/{tag}/memory_met"] = float(i["memory"].get("met", True))
-        rows.append((case, tag, s2["method"], i["status"], vals, i["memory"].get("met", True)))
-        log.info(f"{case} {tag}: {i['status']}, {i['solve_time_s']:.1f} s, stage-2 gap {s2['gap']}")
-
     for case in cases:
         _, e, num_layers, g, gpn = CASES[case]
         p, r, source = inputs(case, tokens, ctx.seed)
         b = bandwidth(g, gpn)
         base = contiguous(num_layers, e, g)
-        base_obj = float(slowest_link(base, r, b).sum())
-        base_bal = float(balancedness(base, p).mean())
+        base_obj, base_bal = float(slowest_link(base, r, b).sum()), float(balancedness(base, p).mean())
         log.info(f"{case}: {source}, E={e} L={num_layers} G={g}")
-        for solver in solvers if "paper" in groups else []:
-            opts = MoETuner(solver=solver, time_limit_s=time_limit, **PAPER)
-            record(solver, case, moetuner(p, r, b, opts, seed=ctx.seed), p, r, b, base_obj, base_bal)
-        if "tight" in groups:  # beyond the paper: tighter stage 2 bounds, the chain search, node symmetry
-            opts = MoETuner(
-                solver="highs", time_limit_s=time_limit, stage2_bound="tight", stage1_enumerate=2**16
+        for tag, opts in _runs(case, g, solvers, time_limit, groups):
+            pl = moetuner(p, r, b, opts, seed=ctx.seed)
+            vals, info = _values(pl, p, r, b, base_obj, base_bal), pl.info
+            for k, v in vals.items():
+                metrics[f"{case}/{tag}/{k}"] = float("nan") if v is None else float(v)
+            met = info["memory"].get("met", True)
+            metrics[f"{case}/{tag}/memory_met"] = float(met)
+            rows.append((case, tag, info["stage2"]["method"], info["status"], vals, met))
+            log.info(
+                f"{case} {tag}: {info['status']}, {info['solve_time_s']:.1f} s, stage-2 gap {vals['stage2_gap']}"
             )
-            record("highs_tight", case, moetuner(p, r, b, opts), p, r, b, base_obj, base_bal)
-        if "extra" not in groups:
-            continue
-        if case == "e8_l32_g4":  # beyond the paper: the decomposition against the joint ILP, same budget
-            opts = MoETuner(solver="highs", time_limit_s=time_limit, stage2="decomposed", **PAPER)
-            record("highs_decomposed", case, moetuner(p, r, b, opts), p, r, b, base_obj, base_bal)
-        if case in (
-            "e8_l32_g4",
-            "e256_l58_g32",
-        ):  # beyond the paper: hot-expert replicas, one extra slot per GPU
-            opts = MoETuner(solver="highs", time_limit_s=time_limit, replicas=g, **PAPER)
-            record("highs_replicas", case, moetuner(p, r, b, opts), p, r, b, base_obj, base_bal)
+    _print_rows(rows)
+    return RunOutput(metrics=metrics)
 
-    head = (
+
+def _print_rows(rows: list[tuple]) -> None:
+    """The table of ``rows`` (case, tag, stage 2 method, status, values, memory met) on stdout."""
+
+    def f(x, spec: str) -> str:  # noqa: ANN001
+        return "n/a" if x is None else format(x, spec)
+
+    print(
         f"{'case':14s} {'run':18s} {'stage 2':10s} {'status':10s} {'total s':>8s} {'s1 s':>7s} {'s1 gap':>7s} "
         f"{'s1 imb%':>8s} {'s2 s':>7s} {'s2 gap':>7s} {'obj/contig':>10s} {'bal':>6s} {'bal contig':>10s} {'mem met':>7s}"
     )
-    print(head)
     for case, tag, method, status, v, met in rows:
-
-        def f(x, spec: str) -> str:
-            return "n/a" if x is None else format(x, spec)
-
         print(
             f"{case:14s} {tag:18s} {method:10s} {status:10s} {v['total_s']:8.1f} {v['stage1_solve_s']:7.1f} "
             f"{f(v['stage1_gap'], '7.3f')} {100 * v['stage1_imbalance_frac']:8.4f} {v['stage2_s']:7.1f} "
             f"{f(v['stage2_gap'], '7.3f')} {v['objective_vs_contiguous']:10.3f} {v['balancedness']:6.3f} "
             f"{v['balancedness_contiguous']:10.3f} {str(met):>7s}"
         )
-    return RunOutput(metrics=metrics)
 
 
 def main(argv: list[str] | None = None) -> None:
