@@ -30,6 +30,7 @@ HEADLINE = (
     "acc_local_mean",
     "imbalance_max_over_mean",
     "calib_time_per_token_s",
+    "model_rank_agreement",
 )
 
 
