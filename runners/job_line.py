@@ -24,10 +24,13 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # The metric a job line shows, first one present wins.
 HEADLINE = (
     "speedup_vs_contiguous",
+    "speedup_vs_static",
     "tokens_per_s",
     "acc_best",
     "acc_local_mean",
     "imbalance_max_over_mean",
+    "calib_time_per_token_s",
+    "model_rank_agreement",
 )
 
 
