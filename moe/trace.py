@@ -275,6 +275,15 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
+def require_npz(path: Path) -> None:
+    """Raise ``InputError`` naming ``path`` unless it is a zip archive (what every ``.npz`` is)."""
+    if not zipfile.is_zipfile(path):
+        raise InputError(
+            f"{path}: not an .npz archive (an .npz is a zip of .npy arrays, e.g. from numpy.savez_compressed; "
+            "see docs/traces.md for the keys a trace needs)"
+        )
+
+
 def load_trace(path: str | os.PathLike[str]) -> Trace:
     """Read and validate a trace ``.npz``; every problem raises ``InputError`` naming the file.
 
@@ -286,11 +295,7 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     if not p.is_file():
         raise InputError(f"{where}: trace file not found")
     raw: dict[str, np.ndarray] = {}
-    if not zipfile.is_zipfile(p):
-        raise InputError(
-            f"{where}: not an .npz archive (an .npz is a zip of .npy arrays, e.g. from numpy.savez_compressed; "
-            "see docs/traces.md for the keys a trace needs)"
-        )
+    require_npz(p)
     try:
         with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             for key in z.files:

@@ -25,7 +25,7 @@ from common.seeding import derive_seed
 from moe.drift import apply_drift
 from moe.synthetic import PRESETS, ModelShape, generate_trace
 from moe.topology import Topology
-from moe.trace import SLOT_ORDERS, Trace, check_slot_order, load_trace
+from moe.trace import SLOT_ORDERS, Trace, check_slot_order, load_trace, require_npz
 from moe.trace_split import head, split_by_prompt, split_by_tokens, split_windows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -233,10 +233,12 @@ class FileTrace(TraceSource):
             )
 
     def resolved_path(self) -> Path:
-        """The trace file (``resolve_trace_path``); a missing one is refused naming ``trace.path``."""
+        """The trace file (``resolve_trace_path``); a missing one is refused naming ``trace.path``, one that is
+        not an ``.npz`` archive naming the file."""
         resolved = resolve_trace_path(self.path)
         if not resolved.is_file():
             raise ConfigError("trace.path", f"trace file not found: {self.path} (looked at {resolved})")
+        require_npz(resolved)
         return resolved
 
     def generate(self, seed: int) -> Trace:
@@ -253,7 +255,7 @@ class FileTrace(TraceSource):
 
     def topology_for(self, topology: Topology) -> Topology:
         if self.model.empty:
-            self.resolved_path()  # a missing file is the error to report, not the dimensions it lacks
+            self.resolved_path()  # a missing or non-.npz file is the error to report, not the dimensions it lacks
             _log.warning(
                 f"trace {self.name}: trace.model not set; token bytes and expert FLOPs are topology "
                 f"{topology.name}'s (set trace.model.hidden_size and trace.model.expert_ffn)"

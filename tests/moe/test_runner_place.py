@@ -260,7 +260,7 @@ def test_cli_bad_config_is_one_clear_line(tmp_path):
 def test_trace_model_dims_replace_the_topology_values(tmp_path):
     import pytest
 
-    from common.errors import ConfigError
+    from common.errors import ConfigError, InputError
     from moe.topology import Topology
     from moe.trace_source import FileTrace, trace_source
 
@@ -270,10 +270,14 @@ def test_trace_model_dims_replace_the_topology_values(tmp_path):
     assert out.bytes_per_token == 2048 * 2 and out.compute.expert_flops_per_token == 6 * 2048 * 1408
     assert topo.hidden_size == 4096  # the input is not modified
     trace_file = tmp_path / "t.npz"
-    trace_file.write_bytes(b"")  # exists: the warning is about the missing dimensions, not the file
+    np.savez(trace_file, x=np.zeros(1))  # an .npz: the warning is about the missing dimensions, not the file
     assert FileTrace(path=str(trace_file)).topology_for(topo) is topo  # with a one-line warning
     with pytest.raises(ConfigError, match="trace.path"):  # a missing file is the error, before any warning
         FileTrace(path="x.npz").topology_for(topo)
+    not_npz = tmp_path / "t.txt"
+    not_npz.write_text("experts")
+    with pytest.raises(InputError, match="not an .npz archive"):  # so is a file that is no .npz
+        FileTrace(path=str(not_npz)).topology_for(topo)
     explicit = FileTrace(path="x.npz", model={"bytes_per_token": 1000, "expert_flops_per_token": 5e6})
     assert explicit.topology_for(topo).bytes_per_token == pytest.approx(1000)
     with pytest.raises(ConfigError, match="trace.model"):
