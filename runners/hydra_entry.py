@@ -227,10 +227,16 @@ def _override_key(exc: BaseException, cause: BaseException | None) -> str | None
     return found.group(1) if found else None
 
 
+# Keys this suite renamed: the old name -> the key that replaced it (said when the old one is used).
+RENAMED = {"placement_time_limit_s": "placement.time_limit_s"}
+
+
 def composition_message(exc: BaseException, conf_dir: str = CONF_DIR) -> str:
     """One line for a config Hydra could not compose: the key, what is wrong, what to do."""
     cause = exc.__cause__ or exc.__context__
     name = _override_key(exc, cause)
+    if name in RENAMED:
+        return f"'{name}' was renamed: use {RENAMED[name]}=... (one budget per placement, docs/placement.md)"
     if name is None:
         detail = f" ({_first_line(cause)})" if cause is not None else ""
         return f"bad config: {_first_line(exc)}{detail}"

@@ -55,6 +55,11 @@ def cli(module: str, *args: str, tmp_path: Path, monkeypatch, capsys) -> tuple[i
         ("runners.moe", ["no_such_key=1"], "error: 'no_such_key' is neither a config group nor a config key"),
         (
             "runners.moe",
+            ["placement_time_limit_s=5"],
+            "error: 'placement_time_limit_s' was renamed: use placement.time_limit_s=...",
+        ),
+        (
+            "runners.moe",
             ["placement.gap=abc"],
             "error: config key 'placement.gap': Value 'abc' of type 'str'",
         ),
