@@ -65,7 +65,8 @@ class Placer:
 
     Attributes:
         label: the name in tables (e.g. ``moetuner+replicas``); empty = ``name``.
-        time_limit_s: the placement's wall-clock budget, seconds (> 0), the one time limit a placement has.
+        time_limit_s: the placement's wall-clock budget, seconds (> 0), the one time limit a placement has
+            (``moetuner_plus`` gives it to its candidates and again to its search).
             Searching placements (``moetuner``, ``exflow``, ``moetuner_plus``) make a ``Deadline`` of it when
             ``place`` starts and pass it down to every phase and solver; the others finish far within it.
             Each placement's YAML may set its own default; experiment presets override it
