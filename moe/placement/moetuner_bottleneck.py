@@ -15,6 +15,8 @@ Notation as ``moetuner_stage2``: ``C [L-1, G, G]``, ``sizes [L, G]``, ``B [G, G]
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
@@ -160,25 +162,18 @@ def best_start(
     bandwidth: np.ndarray,
     window: tuple[int, int],
     deadline: Deadline,
+    key: Callable[[np.ndarray], tuple[int, float]],
 ) -> np.ndarray:
-    """The best, by (memory violation, cost), of ``bottleneck_chain`` for every ``STARTS`` entry followed by
-    ``repair_memory_costed``; the first one always runs, the others while time is left."""
+    """The best, by ``key`` (the caller's (memory violation, cost) of a mapping ``[L, G]``), of
+    ``bottleneck_chain`` for every ``STARTS`` entry followed by ``repair_memory_costed``; the first one always
+    runs, the others while time is left."""
     best, best_key = None, None
     for slack, tie in STARTS:
         if best is not None and deadline.expired():
             break
         start = bottleneck_chain(ctraffic, sizes, bandwidth, slack, tie)
         cand = repair_memory_costed(start, ctraffic, sizes, bandwidth, window, deadline)
-        mem = np.zeros(sizes.shape[1], dtype=np.int64)
-        for li in range(sizes.shape[0]):
-            np.add.at(mem, cand[li], sizes[li])
-        on = np.argsort(cand, axis=1)
-        inv_b = _inverse_bandwidth(bandwidth)
-        cost = sum(
-            float((ctraffic[li][np.ix_(on[li], on[li + 1])] * inv_b).max())
-            for li in range(sizes.shape[0] - 1)
-        )
-        key = (int(_violation(mem, *window).sum()), cost)
-        if best_key is None or key < best_key:
-            best, best_key = cand, key
+        k = key(cand)
+        if best_key is None or k < best_key:
+            best, best_key = cand, k
     return best

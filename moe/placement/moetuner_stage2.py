@@ -580,7 +580,7 @@ def _decompose(problem: Stage2Problem, deadline: Deadline, notes: list[str]) -> 
     """
     if problem.tight:  # the least slowest link per layer, then memory by the cheapest swaps
         args = (problem.ctraffic, problem.sizes, problem.bandwidth, memory_target(problem.sizes))
-        start = best_start(*args, deadline)
+        start = best_start(*args, deadline, lambda m: problem.key(m, relaxed=False))
     else:
         start = greedy_chain(problem.ctraffic, problem.num_layers)
     mapping = repair_memory(start, problem.sizes)

@@ -211,10 +211,11 @@ def test_best_start_is_no_worse_than_the_first_start() -> None:
     c, sizes = _toy(6, 6, 12)
     window = s2.memory_target(sizes)
     first = bn.repair_memory_costed(bn.bottleneck_chain(c, sizes, b), c, sizes, b, window, Deadline.after(20))
-    best = bn.best_start(c, sizes, b, window, Deadline.after(20))
 
     def key(m: np.ndarray) -> tuple[int, float]:
         return s2.memory_violation(m, sizes, False), float(s2.boundary_costs(m, c, b).sum())
+
+    best = bn.best_start(c, sizes, b, window, Deadline.after(20), key)
 
     (v_best, c_best), (v_first, c_first) = key(best), key(first)
     assert v_best < v_first or (v_best == v_first and c_best <= c_first + 1e-9)
