@@ -651,14 +651,14 @@ def _ilp_like(
     if not use_joint or proven:
         return mapping, out | {"_relaxed": relaxed, "solver_bound": chain_bound}
     warm = mapping if problem.violation(mapping, relaxed) == 0 else None
-    joint, res = joint_ilp(problem, deadline.at_least(0.05), relaxed, warm)
+    joint, res = joint_ilp(problem, deadline, relaxed, warm)
     if res.status == milp.INFEASIBLE and not relaxed:
         relaxed = True
         notes.append(
             f"memory: E L / G per GPU is infeasible (solver proved it); relaxed to at most "
             f"{memory_cap(problem.sizes, True)} experts per GPU"
         )
-        joint, res = joint_ilp(problem, deadline.at_least(0.05), True, warm)
+        joint, res = joint_ilp(problem, deadline, True, warm)
     notes.extend(res.notes)
     out.update(solve_time_s=res.solve_time_s, size=res.to_info()["size"], solver_status=res.status)
     if joint is not None and (
