@@ -1,13 +1,15 @@
-"""MoETuner+ with cluster-level moves across nodes against ExFlow and the other placements, with the
-cross-node lower bound: ``python -m benchmarks.cross_node [--seeds 0,1,2] [--cap 10]``.
+"""MoETuner+ with cluster-level moves across nodes and within-node NIC balancing against ExFlow and the other
+placements, with the cross-node lower bound: ``python -m benchmarks.cross_node [--seeds 0,1,2] [--cap 10]``.
 
 Setting of ``experiment=moetuner_multi_node`` (``topology=paper_multi_node``: 2 nodes, 4 EP ranks; first
 60k tokens, batches of 2048; every placement given ``--cap`` seconds as the preset's ``placement.time_limit_s``), on
 the shared real DeepSeek-V2-Lite trace (the synthetic Mixtral-8x7B trace when it is absent). Per seed, every
-placement of the experiment plus ``moetuner_plus cross_node_sweeps=1`` is placed on the profile part and
-replayed on the evaluation part; recorded: layer time, ``moetuner_plus_x`` (the new moves) over the best
-other placement and over ExFlow, and the bounds (``moe.bound``, ``moe.bound_cross_node`` for ``E / G``
-experts per GPU and for MoETuner+'s memory). Writes ``results/bench/cross_node/``.
+placement of the experiment and three steps of MoETuner+ are placed on the profile part and replayed on the
+evaluation part: ``moetuner_plus_search`` (candidates and the local search only: ``cross_node_sweeps=0
+node_balance_sweeps=0``), ``moetuner_plus_x`` (plus the cluster moves across nodes) and ``moetuner_plus`` (the
+defaults: plus the within-node NIC balancing). Recorded: layer times, each step over the best other
+placement and over ExFlow, and the bounds (``moe.bound``, ``moe.bound_cross_node`` for ``E / G`` experts per
+GPU and for MoETuner+'s memory). Writes ``results/bench/cross_node/``.
 """
 
 from __future__ import annotations
@@ -33,12 +35,17 @@ from moe.trace_source import trace_source
 REPO = Path(__file__).resolve().parent.parent
 REAL_TRACE = REPO / ".." / "shared" / "data" / "moe" / "deepseek_v2_lite_prefill.npz"
 OUT = REPO / "results" / "bench" / "cross_node"
-OTHERS = "contiguous,round_robin,random,greedy,eplb,exflow,moetuner,moetuner_replicas,grace,moetuner_plus"
-NEW = "moetuner_plus_x"  # moetuner_plus with cross_node_sweeps=1
+OTHERS = "contiguous,round_robin,random,greedy,eplb,exflow,moetuner,moetuner_replicas,grace"
+STEPS = {  # MoETuner+ step by step: name -> (cross_node_sweeps, node_balance_sweeps)
+    "moetuner_plus_search": (0, 0),
+    "moetuner_plus_x": (1, 0),
+    "moetuner_plus": (1, 1),
+}
+NEW = "moetuner_plus"
 
 
 def _problem(trace: str, seed: int):  # noqa: ANN202 - (problem, evaluation trace, topology, options, configs)
-    cfg, pcfgs = _configs(trace, "paper_multi_node", seed, OTHERS.split(","), [])
+    cfg, pcfgs = _configs(trace, "paper_multi_node", seed, [*OTHERS.split(","), "moetuner_plus"], [])
     src = trace_source(cfg["trace"])
     topo = src.topology_for(topology_from_config(cfg["topology"]))
     opts = build(cfg["eval"], "eval")
@@ -53,9 +60,12 @@ def _one_seed(trace: str, seed: int, cap: float) -> dict[str, float]:
     problem, ev, topo, opts, pcfgs = _problem(trace, seed)
     placers = {
         name: dataclasses.replace(build(pcfgs[name], "placement"), time_limit_s=cap)
-        for name in OTHERS.split(",")
+        for name in [*OTHERS.split(","), "moetuner_plus"]
     }
-    placers[NEW] = dataclasses.replace(placers["moetuner_plus"], cross_node_sweeps=1)
+    for name, (cross, balance) in STEPS.items():
+        placers[name] = dataclasses.replace(
+            placers["moetuner_plus"], cross_node_sweeps=cross, node_balance_sweeps=balance
+        )
     out: dict[str, float] = {}
     order = ev.slot_order or "unordered"
     for name, placer in placers.items():
@@ -71,10 +81,10 @@ def _one_seed(trace: str, seed: int, cap: float) -> dict[str, float]:
             b = cross_node_bound(ev.experts, ev.num_experts, topo, slots, report.batch_tokens)
             out[f"bound_cross_{slots}_ms"] = b.total_s * 1e3
             out[f"split_fraction_lb_{slots}"] = float(b.split_tokens.mean() / report.batch_tokens)
-    best_other = min(v for k, v in out.items() if k.endswith("_layer_time_ms") and not k.startswith(NEW))
-    out["x_over_best_other"] = best_other / out[f"{NEW}_layer_time_ms"]
-    out["x_over_exflow"] = out["exflow_layer_time_ms"] / out[f"{NEW}_layer_time_ms"]
-    out["x_over_moetuner_plus"] = out["moetuner_plus_layer_time_ms"] / out[f"{NEW}_layer_time_ms"]
+    best_other = min(out[f"{name}_layer_time_ms"] for name in OTHERS.split(","))
+    for name in STEPS:
+        out[f"{name}_over_best_other"] = best_other / out[f"{name}_layer_time_ms"]
+        out[f"{name}_over_exflow"] = out["exflow_layer_time_ms"] / out[f"{name}_layer_time_ms"]
     return out
 
 
@@ -91,11 +101,14 @@ def body(ctx: RunContext, seeds: list[int], cap: float) -> RunOutput:
         times = {k[: -len("_layer_time_ms")]: v for k, v in m.items() if k.endswith("_layer_time_ms")}
         for name, v in sorted(times.items(), key=lambda kv: kv[1]):
             print(f"seed {seed} {name:18s} {v:7.4f} ms  speedup vs contiguous {times['contiguous'] / v:6.3f}")
-        print(f"seed {seed}: {NEW} / best other {m['x_over_best_other']:.4f}, / exflow {m['x_over_exflow']:.4f}; "
+        print(f"seed {seed}: {NEW} / best other {m[f'{NEW}_over_best_other']:.4f}, / exflow {m[f'{NEW}_over_exflow']:.4f}; "
               f"bounds: old {m['bound_old_ms']:.4f} ms, cross-node " + ", ".join(
                   f"{k[len('bound_cross_'):-3]} slots {v:.4f} ms" for k, v in m.items() if k.startswith("bound_cross_")))  # fmt: skip
-    won = sum(metrics[f"seed{s}_x_over_best_other"] > 1.0 for s in seeds)
+    won = sum(metrics[f"seed{s}_{NEW}_over_best_other"] > 1.0 for s in seeds)
     metrics["seeds_won_vs_best_other"] = float(won)
+    metrics["seeds_at_1.05_vs_best_other"] = float(
+        sum(metrics[f"seed{s}_{NEW}_over_best_other"] >= 1.05 for s in seeds)
+    )
     return RunOutput(metrics=metrics, labels={"trace": trace, "topology": "paper_multi_node"})
 
 

@@ -14,6 +14,9 @@ trace, then a local search that lowers the cost model's modelled MoE-layer time 
    With ``cross_node_sweeps > 0`` (default 1) cluster-level moves across nodes run first, under the same
    acceptance rule and the search's cap: whole-group and node exchanges and Kernighan-Lin swap sequences
    between GPUs of different nodes (``moe.placement.cluster_moves``).
+3. With ``node_balance_sweeps > 0`` (default 1), swaps between GPUs of one node that even out the
+   cross-node traffic of each GPU's NIC and its compute (``moe.placement.node_balance``), same acceptance
+   rule, same cap.
 
 Everything is measured on the profiling part only; the run judges the result on the evaluation part. The
 search is deterministic for a given seed (a move budget, not a time budget; ``time_limit_s`` caps the
@@ -37,6 +40,7 @@ from moe.placement.eplb import eplb
 from moe.placement.exflow import ExFlow
 from moe.placement.grace import grace
 from moe.placement.moetuner import MoETuner
+from moe.placement.node_balance import node_balance_proposals, remote_counts
 from moe.placement.placer import PlacementProblem, Placer
 from moe.placement.profiled import ProfiledProblem
 from moe.placement.replicas import add_hot_replicas
@@ -212,6 +216,46 @@ def cluster_search(
     return Placement(st.layers, num_experts=start.num_experts, name="moetuner_plus"), report
 
 
+def node_balance_search(
+    model: LayerModel,
+    problem: ProfiledProblem,
+    start: Placement,
+    sweeps: int,
+    top: int,
+    deadline: Deadline,
+) -> tuple[Placement, dict]:
+    """Within-node swaps that even out NIC traffic and compute (``moe.placement.node_balance``), ``sweeps``
+    passes over the layers; a layer's proposals are rebuilt after every move kept (at most ``4 E`` moves per
+    layer and pass). Returns the placement and a report."""
+    times, src = model.forward(start.assignment)
+    before = float(times.sum())
+    st = SearchState([[list(g) for g in layer] for layer in start.assignment], times, src)
+    node_of = problem.topology.node_of()
+    load = np.asarray(problem.load, dtype=np.float64)
+    tried = kept = 0
+    for _ in range(sweeps):
+        for li in range(len(st.layers)):
+            for _move in range(4 * problem.num_experts):
+                if deadline.expired():
+                    break
+                remote = remote_counts(
+                    st.layers[li], model.by_layer[li], st.src[li], node_of, problem.num_experts
+                )
+                props = node_balance_proposals(st.layers[li], remote, load[li], node_of, top)
+                moved = False
+                for cand in props:
+                    tried += 1
+                    if _try(model, st, li, cand):
+                        kept += 1
+                        moved = True
+                        break
+                if not moved:
+                    break
+    report = {"profile_time_before_s": before, "profile_time_after_s": float(st.times.sum())}
+    report |= {"moves_tried": tried, "moves_kept": kept}
+    return Placement(st.layers, num_experts=start.num_experts, name="moetuner_plus"), report
+
+
 def _candidates(problem: PlacementProblem, opts: MoETunerPlus, deadline: Deadline) -> dict[str, Placement]:
     """The starting placements with ``opts.replicas`` extra slots per layer (EPLB only when it fits), by
     ``deadline`` (each solver candidate a ``moetuner_share`` of it, at least 0.5 s)."""
@@ -252,6 +296,10 @@ class MoETunerPlus(Placer):
             sequences; ``moe.placement.cluster_moves``) before the local search (default 1; 0 = none; they
             find nothing to move on one node).
         kl_steps: most swaps in one Kernighan-Lin sequence.
+        node_balance_sweeps: passes of within-node swaps that even out the cross-node traffic of each GPU's
+            NIC and its compute, after the local search (default 1; 0 = none; nothing to do on one node;
+            ``moe.placement.node_balance``).
+        node_balance_top: proposals tried per layer before the pass moves on to the next layer.
     """
 
     name = "moetuner_plus"
@@ -264,6 +312,8 @@ class MoETunerPlus(Placer):
     random_moves: int = 6
     cross_node_sweeps: int = 1
     kl_steps: int = 8
+    node_balance_sweeps: int = 1
+    node_balance_top: int = 16
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the time budget
@@ -275,6 +325,8 @@ class MoETunerPlus(Placer):
             ("random_moves", 0),
             ("cross_node_sweeps", 0),
             ("kl_steps", 1),
+            ("node_balance_sweeps", 0),
+            ("node_balance_top", 1),
         ):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -307,6 +359,10 @@ class MoETunerPlus(Placer):
         )
         if cluster is not None:
             report["cross_node"] = cluster
+        if self.node_balance_sweeps:
+            placement, report["node_balance"] = node_balance_search(
+                model, problem, placement, self.node_balance_sweeps, self.node_balance_top, search_deadline
+            )
         status = "time_limit" if search_deadline.expired() else "heuristic"
         placement.info = {
             "status": status,
