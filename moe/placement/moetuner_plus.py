@@ -47,6 +47,11 @@ from moe.placement.replicas import add_hot_replicas
 
 Layer = list[list[int]]
 
+# Where the search's phases end, as shares of its budget: the cluster moves by 40%, the local search by 70%
+# when the node balancing follows (else by 100%); a phase that ends early leaves its time to the next. Without
+# them one cluster pass on 32 ranks (h100_cluster4x8) outlasted a 10 s budget and the local search tried nothing.
+SEARCH_ENDS = (0.4, 0.7)
+
 
 def _gpu_loads(layer: Layer, load: np.ndarray) -> np.ndarray:
     copies = np.zeros(load.size)
@@ -188,9 +193,11 @@ def cluster_search(
     sweeps: int,
     kl_steps: int,
     deadline: Deadline,
+    top: int = 32,
 ) -> tuple[Placement, dict]:
     """Cluster-level moves across nodes (``moe.placement.cluster_moves``), ``sweeps`` passes over the layers;
-    a layer's proposals are rebuilt after every move kept. Returns the placement and a report."""
+    a layer's proposals are rebuilt after every move kept, at most ``top`` of them tried each time. Returns
+    the placement and a report."""
     times, src = model.forward(start.assignment)
     before = float(times.sum())
     st = SearchState([[list(g) for g in layer] for layer in start.assignment], times, src)
@@ -203,8 +210,11 @@ def cluster_search(
             moved = True
             while moved and not deadline.expired():
                 moved = False
-                props = group_exchanges(st.layers[li], node_of)
-                props += kl_proposals(st.layers, li, problem.pairs, q[li], load[li], node_of, kl_steps)
+                groups = group_exchanges(st.layers[li], node_of)
+                kl = kl_proposals(st.layers, li, problem.pairs, q[li], load[li], node_of, kl_steps)
+                # Over the cap (many ranks: 384 GPU pairs across 4 nodes of 8), the Kernighan-Lin proposals
+                # go first, largest proxy gain first; under it every proposal is tried in the usual order.
+                props = groups + kl if len(groups) + len(kl) <= top else (kl + groups)[:top]
                 for cand in props:
                     tried += 1
                     if _try(model, st, li, cand):
@@ -296,6 +306,8 @@ class MoETunerPlus(Placer):
             sequences; ``moe.placement.cluster_moves``) before the local search (default 1; 0 = none; they
             find nothing to move on one node).
         kl_steps: most swaps in one Kernighan-Lin sequence.
+        cluster_top: most cluster proposals tried per layer before the pass moves on (all of them on a few
+            ranks: 9 on 4 ranks over 2 nodes; on 32 ranks the Kernighan-Lin ones with the largest gain).
         node_balance_sweeps: passes of within-node swaps that even out the cross-node traffic of each GPU's
             NIC and its compute, after the local search (default 1; 0 = none; nothing to do on one node;
             ``moe.placement.node_balance``).
@@ -312,6 +324,7 @@ class MoETunerPlus(Placer):
     random_moves: int = 6
     cross_node_sweeps: int = 1
     kl_steps: int = 8
+    cluster_top: int = 32
     node_balance_sweeps: int = 1
     node_balance_top: int = 16
 
@@ -325,6 +338,7 @@ class MoETunerPlus(Placer):
             ("random_moves", 0),
             ("cross_node_sweeps", 0),
             ("kl_steps", 1),
+            ("cluster_top", 1),
             ("node_balance_sweeps", 0),
             ("node_balance_top", 1),
         ):
@@ -333,6 +347,34 @@ class MoETunerPlus(Placer):
                 raise ConfigError(key, f"expected an integer >= {lo}, got {v!r}")
         if not isinstance(self.moetuner_share, int | float) or not 0 < self.moetuner_share < 1:
             raise ConfigError("moetuner_share", f"expected a number in (0, 1), got {self.moetuner_share!r}")
+
+    def _search(
+        self, model: LayerModel, problem: ProfiledProblem, start: Placement, deadline: Deadline
+    ) -> tuple[Placement, dict, bool]:
+        """Cluster moves, local search, node balancing from ``start``, each phase by its share of ``deadline``
+        (``SEARCH_ENDS``). Returns the placement, the report and whether a phase stopped at its deadline."""
+        balance = self.node_balance_sweeps > 0
+        cluster_end, local_end = SEARCH_ENDS if balance else (SEARCH_ENDS[0], 1.0)
+        cut, cluster = False, None
+        if self.cross_node_sweeps:
+            phase = deadline.fraction(cluster_end)
+            start, cluster = cluster_search(
+                model, problem, start, self.cross_node_sweeps, self.kl_steps, phase
+            )
+            cut |= phase.expired()
+        phase = deadline.fraction(local_end)
+        placement, report = local_search(
+            model, problem.load, start, self.sweeps, self.random_moves, problem.seed, phase
+        )
+        cut |= phase.expired()
+        if cluster is not None:
+            report["cross_node"] = cluster
+        if balance:
+            placement, report["node_balance"] = node_balance_search(
+                model, problem, placement, self.node_balance_sweeps, self.node_balance_top, deadline
+            )
+            cut |= deadline.expired()
+        return placement, report, cut
 
     def place(self, problem: PlacementProblem) -> Placement:
         if not isinstance(problem, ProfiledProblem) or problem.experts is None or problem.topology is None:
@@ -348,22 +390,8 @@ class MoETunerPlus(Placer):
         scores = {k: float(model.forward(p.assignment)[0].sum()) for k, p in starts.items()}
         best = min(scores, key=lambda k: (scores[k], k))
         # The search has its own cap (the candidates may overrun theirs): a move budget, so runs repeat.
-        search_deadline = Deadline.after(self.time_limit_s)
-        start, cluster = starts[best], None
-        if self.cross_node_sweeps:
-            start, cluster = cluster_search(
-                model, problem, start, self.cross_node_sweeps, self.kl_steps, search_deadline
-            )
-        placement, report = local_search(
-            model, problem.load, start, self.sweeps, self.random_moves, problem.seed, search_deadline
-        )
-        if cluster is not None:
-            report["cross_node"] = cluster
-        if self.node_balance_sweeps:
-            placement, report["node_balance"] = node_balance_search(
-                model, problem, placement, self.node_balance_sweeps, self.node_balance_top, search_deadline
-            )
-        status = "time_limit" if search_deadline.expired() else "heuristic"
+        placement, report, cut = self._search(model, problem, starts[best], Deadline.after(self.time_limit_s))
+        status = "time_limit" if cut else "heuristic"
         placement.info = {
             "status": status,
             "start": best,

@@ -105,3 +105,5 @@ def test_node_balance_options_are_checked():
         MoETunerPlus(node_balance_sweeps=-1)
     with pytest.raises(ConfigError, match="node_balance_top"):
         MoETunerPlus(node_balance_top=0)
+    with pytest.raises(ConfigError, match="cluster_top"):
+        MoETunerPlus(cluster_top=0)
