@@ -3,25 +3,29 @@
 Per layer and rank, with ``n`` local tokens, ``k`` choices, ``G`` ranks and ``S`` the most experts any rank
 holds in the layer:
 
-1. **Layout (device, no host sync).** Each copy's destination ``dest [n, k]`` (the cost model's replica
-   rule), a token-per-destination mask ``[G, n]`` (dedupe: one row per token and destination) and, per
-   destination, the rows and the copies each of its local experts will receive (``[G, 1 + S]``).
+1. **Layout (device, no host sync).** Each copy's destination (the cost model's replica rule; without
+   replicas one gather of a per-rank ``[E, 3]`` table made once: destination, count-table column, slot), the
+   token hits per destination ``[G, n]`` (one ``bincount``; dedupe: one row per token and destination) and,
+   per destination, the rows and the copies each of its local experts will receive (``[G, 1 + S]``). At
+   these sizes on a CPU each op costs far more than its data (more so right after the expert GEMMs, with
+   cold caches), so the layout is written for few ops.
 2. **One count exchange**, started without waiting (``CountExchange``): that ``[G, 1 + S]`` int64 table
    goes through one ``all_to_all_single``: the split sizes every engine needs, plus the received tokens per
    local expert (DeepEP's ``num_tokens_per_expert``) for the grouped GEMM. On a CPU the sent table is
    already on the host, so the rows are gathered and packed while the exchange runs; on CUDA both tables
    come to the host in one copy (pinned) and one sync. One rank has no one to exchange with: no collective.
 3. **Rows.** The sent (destination, token) pairs in the legacy order (destination, then token, ascending:
-   ``nonzero_static`` of the mask, sized by the counts), each row ``[H]`` hidden values plus its metadata
+   ``nonzero_static`` of the hits, sized by the counts), each row ``[H]`` hidden values plus its metadata
    (``k`` int32 slots on the destination, -1 where that choice lives elsewhere, and ``k`` float32 gate
-   weights bit-cast to int32), bit-cast to the hidden dtype and appended as extra columns, so rows and
-   metadata travel in one ``all_to_all_single``.
+   weights bit-cast to int32), bit-cast to the hidden dtype and appended as extra columns (written straight
+   into the packed buffer), so rows and metadata travel in one ``all_to_all_single``. One rank: the rows are
+   the tokens in order and every choice lives here (no hits, no selection).
 
 ``engine.dispatch=padded`` (``padded_dispatch``) drops the count exchange: each rank sends every rank a
 fixed-size buffer (a header with its count row, then up to ``n`` rows), one equal-split exchange for counts,
 rows and metadata, at the price of sending unused rows (DeepEP's low-latency layout).
 
-The receiver sorts its copies by local expert (stable ``argsort``; no ``nonzero``), so the expert kernels
+The receiver sorts its copies by local expert (one stable ``sort``; no ``nonzero``), so the expert kernels
 (``moe.engine.experts``) see one contiguous group per expert.
 """
 
