@@ -3,25 +3,29 @@
 Per layer and rank, with ``n`` local tokens, ``k`` choices, ``G`` ranks and ``S`` the most experts any rank
 holds in the layer:
 
-1. **Layout (device, no host sync).** Each copy's destination ``dest [n, k]`` (the cost model's replica
-   rule), a token-per-destination mask ``[G, n]`` (dedupe: one row per token and destination) and, per
-   destination, the rows and the copies each of its local experts will receive (``[G, 1 + S]``).
+1. **Layout (device, no host sync).** Each copy's destination (the cost model's replica rule; without
+   replicas one gather of a per-rank ``[E, 3]`` table made once: destination, count-table column, slot), the
+   token hits per destination ``[G, n]`` (one ``bincount``; dedupe: one row per token and destination) and,
+   per destination, the rows and the copies each of its local experts will receive (``[G, 1 + S]``). At
+   these sizes on a CPU each op costs far more than its data (more so right after the expert GEMMs, with
+   cold caches), so the layout is written for few ops.
 2. **One count exchange**, started without waiting (``CountExchange``): that ``[G, 1 + S]`` int64 table
    goes through one ``all_to_all_single``: the split sizes every engine needs, plus the received tokens per
    local expert (DeepEP's ``num_tokens_per_expert``) for the grouped GEMM. On a CPU the sent table is
    already on the host, so the rows are gathered and packed while the exchange runs; on CUDA both tables
    come to the host in one copy (pinned) and one sync. One rank has no one to exchange with: no collective.
 3. **Rows.** The sent (destination, token) pairs in the legacy order (destination, then token, ascending:
-   ``nonzero_static`` of the mask, sized by the counts), each row ``[H]`` hidden values plus its metadata
+   ``nonzero_static`` of the hits, sized by the counts), each row ``[H]`` hidden values plus its metadata
    (``k`` int32 slots on the destination, -1 where that choice lives elsewhere, and ``k`` float32 gate
-   weights bit-cast to int32), bit-cast to the hidden dtype and appended as extra columns, so rows and
-   metadata travel in one ``all_to_all_single``.
+   weights bit-cast to int32), bit-cast to the hidden dtype and appended as extra columns (written straight
+   into the packed buffer), so rows and metadata travel in one ``all_to_all_single``. One rank: the rows are
+   the tokens in order and every choice lives here (no hits, no selection).
 
 ``engine.dispatch=padded`` (``padded_dispatch``) drops the count exchange: each rank sends every rank a
 fixed-size buffer (a header with its count row, then up to ``n`` rows), one equal-split exchange for counts,
 rows and metadata, at the price of sending unused rows (DeepEP's low-latency layout).
 
-The receiver sorts its copies by local expert (stable ``argsort``; no ``nonzero``), so the expert kernels
+The receiver sorts its copies by local expert (one stable ``sort``; no ``nonzero``), so the expert kernels
 (``moe.engine.experts``) see one contiguous group per expert.
 """
 
@@ -59,19 +63,39 @@ class DeviceRoutes:
             cache[n] = torch.arange(n, device=self.choice.device)
         return cache[n]
 
-    def first(self, rank: int) -> torch.Tensor:
-        """int64 ``[E]`` the one candidate rank of each expert for tokens on ``rank`` (no replicas)."""
-        cache = self.__dict__.setdefault("_first", {})
+    def zeros(self, n: int) -> torch.Tensor:
+        """int64 ``[n]`` zeros on the device (cached per n): the destination of every row on one rank."""
+        cache = self.__dict__.setdefault("_zeros", {})
+        if n not in cache:
+            cache[n] = torch.zeros(n, dtype=torch.int64, device=self.choice.device)
+        return cache[n]
+
+    def copy_tokens(self, n: int, k: int) -> torch.Tensor:
+        """int64 ``[n * k]``: the local token of each copy of ``ids [n, k]`` flattened (t repeated k times)."""
+        cache = self.__dict__.setdefault("_copy_tokens", {})
+        if (n, k) not in cache:
+            cache[(n, k)] = self.arange(n).repeat_interleave(k)
+        return cache[(n, k)]
+
+    def lookup(self, rank: int) -> torch.Tensor:
+        """int32 ``[E, 3]`` per expert, for tokens on ``rank`` when no expert has replicas: its one candidate
+        rank d, its count-table column ``d * (1 + S) + 1 + slot`` and its slot on d (made once per rank)."""
+        cache = self.__dict__.setdefault("_lookup", {})
         if rank not in cache:
-            cache[rank] = self.choice[rank, :, 0].contiguous()
+            dest = self.choice[rank, :, 0]
+            slot = self.local_slot[dest, torch.arange(dest.numel(), device=dest.device)]
+            cache[rank] = torch.stack([dest, dest * (1 + self.slots) + 1 + slot, slot], 1).to(torch.int32)
         return cache[rank]
 
-    def meta_fill(self, k: int) -> torch.Tensor:
-        """int32 ``[2k]``: slot -1 and weight 0.0 (bits 0), the metadata of a choice that lives elsewhere."""
+    def meta_fill(self, k: int, rows: int) -> torch.Tensor:
+        """int32 ``[rows, 2k]``: per row k slots -1 and k weights 0.0 (bits 0), the metadata of choices that
+        live elsewhere (a contiguous slice of a cached buffer: ``where`` is several times faster without a
+        broadcast operand on a CPU)."""
         cache = self.__dict__.setdefault("_fill", {})
-        if k not in cache:
-            cache[k] = torch.tensor([-1] * k + [0] * k, dtype=torch.int32, device=self.choice.device)
-        return cache[k]
+        if k not in cache or cache[k].shape[0] < rows:
+            row = torch.tensor([-1] * k + [0] * k, dtype=torch.int32, device=self.choice.device)
+            cache[k] = row.repeat(max(rows, 2 * cache[k].shape[0] if k in cache else rows), 1)
+        return cache[k][:rows]
 
 
 @dataclass
@@ -111,24 +135,35 @@ class HostBuffer:
 
 def _plan(
     ids: torch.Tensor, weights: torch.Tensor, gtok: torch.Tensor, rank: int, r: DeviceRoutes
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """On the device, from ``ids [n, k]``: (token-per-destination mask bool ``[G, n]``, int64 destination of
-    each copy ``[n, k]``, per copy int32 ``[n, 2k]`` = slot there | gate weight bits, counts ``[G, 1+S]``)."""
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """On the device, from ``ids [n, k]``: (token hits per destination int64 ``[G, n]`` (> 0: the token
+    sends that rank a row), per copy int32 ``[n, 4k]`` = slot there | gate weight bits | destination |
+    destination, int64 counts ``[G, 1+S]``).
+
+    Without replicas one gather of the rank's ``[E, 3]`` lookup gives each copy's destination, count-table
+    column and slot: the per-op cost, not the data, dominates at these sizes on a CPU. One rank: every copy
+    lives here, so the hits are ``None`` (every token sends one row) and per copy is ``[n, 2k]`` (slot | bits).
+    """
     n, k = ids.shape
-    g = r.choice.shape[0]
+    g, width = r.choice.shape[0], 1 + r.slots
+    flat = ids.reshape(-1)
     if r.replicated:
-        dest = r.choice[rank][ids, gtok[:, None] % r.count[rank][ids]]  # [n, k]
+        dest = r.choice[rank][ids, gtok[:, None] % r.count[rank][ids]].view(-1)  # [n * k]
+        e = r.local_slot.shape[1]
+        slot = r.local_slot.view(-1).index_select(0, torch.add(flat, dest, alpha=e))  # >= 0: dest has it
+        code = torch.add(slot, dest, alpha=width).add_(1)
+        slot, dest = slot.to(torch.int32), dest.to(torch.int32)
     else:
-        dest = r.first(rank).index_select(0, ids.view(-1)).view(n, k)  # index_select: CPU's fast gather
-    mask = torch.zeros((g, n), dtype=torch.bool, device=ids.device)
-    mask.view(-1).index_fill_(0, (dest * n + r.arange(n)[:, None]).view(-1), True)
-    e = r.local_slot.shape[1]
-    slot = r.local_slot.view(-1).index_select(0, (dest * e + ids).view(-1)).view(n, k)  # >= 0: dest has it
-    table = torch.bincount((dest * (1 + r.slots) + 1 + slot).view(-1), minlength=g * (1 + r.slots))
-    table = table.view(g, 1 + r.slots)
-    table[:, 0] = mask.sum(1)
-    per_copy = torch.cat([slot.to(torch.int32), weights.to(torch.float32).view(torch.int32)], 1)
-    return mask, dest, per_copy, table
+        dest, code, slot = r.lookup(rank).index_select(0, flat).unbind(1)  # index_select: CPU's fast gather
+    table = torch.bincount(code, minlength=g * width).view(g, width)
+    bits = weights.to(torch.float32).view(torch.int32)
+    if g == 1:
+        table[0, 0] = n
+        return None, torch.cat([slot.view(n, k), bits], 1), table
+    hits = torch.bincount(torch.add(r.copy_tokens(n, k), dest, alpha=n), minlength=g * n).view(g, n)
+    table[:, 0] = torch.count_nonzero(hits, dim=1)
+    dest = dest.view(n, k)
+    return hits, torch.cat([slot.view(n, k), bits, dest, dest], 1), table
 
 
 class CountExchange:
@@ -173,17 +208,35 @@ class CountExchange:
 
 
 def _sent_rows(
-    x: torch.Tensor, mask: torch.Tensor, dest: torch.Tensor, per_copy: torch.Tensor, m: int, r: DeviceRoutes
+    x: torch.Tensor, hits: torch.Tensor | None, per_copy: torch.Tensor, m: int, r: DeviceRoutes
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(destination ``[m]``, local token ``[m]``, int32 metadata ``[m, 2k]``, packed rows ``[m, H + extra]``)
-    of the ``m`` sent rows, destination-major and token-ascending (the legacy path's order)."""
-    k = dest.shape[1]
-    pairs = torch.nonzero_static(mask, size=m)  # [m, 2] (destination, token), both ascending
+    of the ``m`` sent rows, destination-major and token-ascending (the legacy path's order).
+
+    The rows and the metadata are written straight into the packed buffer (``meta`` is a view of it) where
+    the metadata columns start 4-byte aligned (fp32, or bf16 with an even H); else ``pack`` concatenates.
+    One rank (``hits`` ``None``): the rows are the tokens in order and ``per_copy`` is their metadata."""
+    h = x.shape[1]
+    if hits is None:
+        t = r.arange(m)
+        if x.dtype == torch.float32:
+            packed = torch.cat([x, per_copy.view(torch.float32)], 1)
+            return r.zeros(m), t, packed[:, h:].view(torch.int32), packed
+        return r.zeros(m), t, per_copy, pack(x, per_copy)
+    k = per_copy.shape[1] // 4
+    pairs = torch.nonzero_static(hits, size=m)  # [m, 2] (destination, token), both ascending
     d, t = pairs[:, 0], pairs[:, 1].contiguous()
-    here = (dest.index_select(0, t) == d[:, None])[:, None, :]  # [m, 1, k]
-    fill = r.meta_fill(k).view(2, k)
-    meta = torch.where(here, per_copy.index_select(0, t).view(-1, 2, k), fill).view(-1, 2 * k)
-    return d, t, meta, pack(x.index_select(0, t), meta)
+    chosen = per_copy.index_select(0, t)  # [m, 4k]
+    here = chosen[:, 2 * k :] == d.to(torch.int32)[:, None]  # [m, 2k]: the choice lives on the row's rank
+    fill = r.meta_fill(k, m)
+    if (h * x.element_size()) % 4:
+        meta = torch.where(here, chosen[:, : 2 * k], fill)
+        return d, t, meta, pack(x.index_select(0, t), meta)
+    packed = x.new_empty((m, h + 2 * k * 4 // x.element_size()))
+    meta = packed[:, h:].view(torch.int32)  # [m, 2k]
+    torch.index_select(x, 0, t, out=packed[:, :h])
+    torch.where(here, chosen[:, : 2 * k], fill, out=meta)
+    return d, t, meta, packed
 
 
 def _layout(t: torch.Tensor, meta: torch.Tensor, packed: torch.Tensor, send: list[int],
@@ -194,7 +247,7 @@ def _layout(t: torch.Tensor, meta: torch.Tensor, packed: torch.Tensor, send: lis
         packed=packed,
         send=send,
         recv=[row[0] for row in got],
-        per_slot=[sum(row[1 + s] for row in got) for s in range(local_experts)],
+        per_slot=[sum(col) for col in zip(*got, strict=True)][1 : 1 + local_experts],
         sent_counts=torch.tensor(send, dtype=torch.int64),
     )
 
@@ -211,10 +264,10 @@ def layout(
 ) -> Layout:
     """The dispatch layout of ``n`` local tokens (``x [n, H]``, ``ids``, ``weights [n, k]``, ``gtok [n]`` on
     the device), with the packed rows ready to send (``engine.dispatch=fast``: one count exchange)."""
-    mask, dest, per_copy, table = _plan(ids, weights, gtok, rank, routes)
+    hits, per_copy, table = _plan(ids, weights, gtok, rank, routes)
     counts = CountExchange(table, host)
     send = [row[0] for row in counts.sent()]
-    _, t, meta, packed = _sent_rows(x, mask, dest, per_copy, sum(send), routes)
+    _, t, meta, packed = _sent_rows(x, hits, per_copy, sum(send), routes)
     return _layout(t, meta, packed, send, counts.received(), local_experts)
 
 
@@ -246,9 +299,9 @@ def padded_dispatch(
     Returns the layout and the received packed rows ``[sum(recv), H + extra]`` (source-major, as ``fast``).
     """
     n = x.shape[0]
-    mask, dest, per_copy, table = _plan(ids, weights, gtok, rank, routes)
+    hits, per_copy, table = _plan(ids, weights, gtok, rank, routes)
     send = [row[0] for row in _host_table(table, host)]
-    d, t, meta, packed = _sent_rows(x, mask, dest, per_copy, sum(send), routes)
+    d, t, meta, packed = _sent_rows(x, hits, per_copy, sum(send), routes)
     g, width = table.shape[0], packed.shape[1]
     per_row = width * packed.element_size() // 4  # int32 values per row
     hdr = -(-table.shape[1] // per_row)
@@ -291,14 +344,15 @@ def exchange(x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
 def received_copies(
     meta: torch.Tensor, top_k: int, copies: int, slots: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row, slot, weight) of the ``copies`` copies a rank received, sorted by slot (stable), on the device.
+    """(row int64, slot int32, weight) of the ``copies`` copies a rank received, sorted by slot (stable), on
+    the device.
 
     ``meta``: int32 ``[m, 2k]``; ``copies``: the total from the count exchange (no ``nonzero`` sync): the
-    ``m * k - copies`` choices that live elsewhere (slot -1) sort first and are skipped.
+    ``m * k - copies`` choices that live elsewhere (slot -1) sort first and are skipped. The weights are
+    taken straight from ``meta``'s (strided) weight columns.
     """
     del slots
     sorted_slots, order = torch.sort(meta[:, :top_k].reshape(-1), stable=True)
-    skip = order.numel() - copies
-    w = meta[:, top_k:].view(torch.float32).reshape(-1)
-    order = order[skip:]
-    return order // top_k, sorted_slots[skip:].to(torch.int64), w.index_select(0, order)
+    order = order[order.numel() - copies :]
+    w = torch.take(meta[:, top_k:].view(torch.float32), order)
+    return torch.div(order, top_k, rounding_mode="floor"), sorted_slots[sorted_slots.numel() - copies :], w

@@ -78,6 +78,7 @@ def _padded_bmm(
 ) -> torch.Tensor:
     width = max(per_slot)
     start = torch.tensor([0, *per_slot[:-1]], dtype=torch.int64).cumsum(0).to(x.device, non_blocking=True)
+    slots = slots.long()  # received_copies gives int32 slots
     pos = torch.arange(x.shape[0], device=x.device) - start[slots]
     pad = x.new_zeros((st.count, width, x.shape[1]))
     pad[slots, pos] = x
