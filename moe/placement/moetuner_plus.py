@@ -145,6 +145,14 @@ def _try(model: LayerModel, st: SearchState, li: int, cand: Layer) -> bool:
     return False
 
 
+def _first_kept(model: LayerModel, st: SearchState, li: int, props: list[Layer]) -> tuple[int, bool]:
+    """Try ``props`` for layer ``li`` in order until one is kept: (proposals tried, whether one was kept)."""
+    for i, cand in enumerate(props):
+        if _try(model, st, li, cand):
+            return i + 1, True
+    return len(props), False
+
+
 @dataclass
 class SearchState:
     """The assignment being improved, its per-layer times and the token positions entering every layer."""
@@ -215,12 +223,8 @@ def cluster_search(
                 # Over the cap (many ranks: 384 GPU pairs across 4 nodes of 8), the Kernighan-Lin proposals
                 # go first, largest proxy gain first; under it every proposal is tried in the usual order.
                 props = groups + kl if len(groups) + len(kl) <= top else (kl + groups)[:top]
-                for cand in props:
-                    tried += 1
-                    if _try(model, st, li, cand):
-                        kept += 1
-                        moved = True
-                        break
+                n, moved = _first_kept(model, st, li, props)
+                tried, kept = tried + n, kept + moved
     report = {"profile_time_before_s": before, "profile_time_after_s": float(st.times.sum())}
     report |= {"moves_tried": tried, "moves_kept": kept}
     return Placement(st.layers, num_experts=start.num_experts, name="moetuner_plus"), report
@@ -252,13 +256,8 @@ def node_balance_search(
                     st.layers[li], model.by_layer[li], st.src[li], node_of, problem.num_experts
                 )
                 props = node_balance_proposals(st.layers[li], remote, load[li], node_of, top)
-                moved = False
-                for cand in props:
-                    tried += 1
-                    if _try(model, st, li, cand):
-                        kept += 1
-                        moved = True
-                        break
+                n, moved = _first_kept(model, st, li, props)
+                tried, kept = tried + n, kept + moved
                 if not moved:
                     break
     report = {"profile_time_before_s": before, "profile_time_after_s": float(st.times.sum())}

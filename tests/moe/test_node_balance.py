@@ -14,20 +14,10 @@ from moe.placement.moetuner_plus import MoETunerPlus, node_balance_search
 from moe.placement.node_balance import node_balance_proposals, remote_counts
 from moe.placement.profiled import ProfiledProblem
 from moe.synthetic import generate_trace
-from moe.topology import Compute, Topology
+from tests.moe.test_placement_moetuner_plus import TOPO as PLUS_TOPO
 
 NODE_OF = np.array([0, 0, 1, 1])
-TOPO = Topology(
-    name="t",
-    num_nodes=2,
-    gpus_per_node=4,
-    intra_node_gbps=450,
-    inter_node_gbps=50,
-    gpu_port_gbps=450,
-    nic_gbps=50,
-    hidden_size=2048,
-    compute=Compute(time_per_token_s=5e-8),
-)
+TOPO = PLUS_TOPO  # 2 nodes of 4 GPUs, as in the MoETuner+ tests
 
 
 def _node_sets(layer, node_of):
