@@ -201,7 +201,7 @@ def cluster_search(
     sweeps: int,
     kl_steps: int,
     deadline: Deadline,
-    top: int = 32,
+    top: int,
 ) -> tuple[Placement, dict]:
     """Cluster-level moves across nodes (``moe.placement.cluster_moves``), ``sweeps`` passes over the layers;
     a layer's proposals are rebuilt after every move kept, at most ``top`` of them tried each time. Returns
@@ -358,7 +358,7 @@ class MoETunerPlus(Placer):
         if self.cross_node_sweeps:
             phase = deadline.fraction(cluster_end)
             start, cluster = cluster_search(
-                model, problem, start, self.cross_node_sweeps, self.kl_steps, phase
+                model, problem, start, self.cross_node_sweeps, self.kl_steps, phase, self.cluster_top
             )
             cut |= phase.expired()
         phase = deadline.fraction(local_end)

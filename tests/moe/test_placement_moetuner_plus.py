@@ -140,7 +140,9 @@ def test_cluster_moves_never_end_slower_and_keep_the_slots(trace):
     problem = ProfiledProblem.from_trace(ex, e, TOPO, opts, "unordered", 0)
     start = eplb(problem.load, 8, 4, num_redundant=8)
     model = LayerModel(ex, TOPO, opts, "unordered", e)
-    out, rep = cluster_search(model, problem, start, sweeps=1, kl_steps=6, deadline=Deadline.after(60))
+    out, rep = cluster_search(
+        model, problem, start, sweeps=1, kl_steps=6, deadline=Deadline.after(60), top=32
+    )
     assert rep["moves_tried"] > 0 and rep["moves_kept"] > 0
     assert rep["profile_time_after_s"] < rep["profile_time_before_s"]
     assert rep["profile_time_after_s"] == pytest.approx(
