@@ -40,7 +40,7 @@ from moe.placement.eplb import eplb
 from moe.placement.exflow import ExFlow
 from moe.placement.grace import grace
 from moe.placement.moetuner import MoETuner
-from moe.placement.node_balance import node_balance_proposals, remote_counts
+from moe.placement.node_balance import copies_per_expert, node_balance_proposals, remote_counts
 from moe.placement.placer import PlacementProblem, Placer
 from moe.placement.profiled import ProfiledProblem
 from moe.placement.replicas import add_hot_replicas
@@ -54,9 +54,7 @@ SEARCH_ENDS = (0.4, 0.7)
 
 
 def _gpu_loads(layer: Layer, load: np.ndarray) -> np.ndarray:
-    copies = np.zeros(load.size)
-    for gpu in layer:
-        copies[gpu] += 1
+    copies = copies_per_expert(layer, load.size)
     return np.array([sum(load[e] / copies[e] for e in gpu) for gpu in layer])
 
 
@@ -97,9 +95,7 @@ def candidate_moves(
 
 def _retarget(layer: Layer, load: np.ndarray) -> list[Layer]:
     """Turn one copy of the replicated expert with the least load per copy into a copy of the hottest one."""
-    copies = np.zeros(load.size)
-    for gpu in layer:
-        copies[gpu] += 1
+    copies = copies_per_expert(layer, load.size)
     if copies.max() < 2:
         return []
     per = load / np.maximum(copies, 1)
