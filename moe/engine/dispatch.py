@@ -303,19 +303,19 @@ def padded_dispatch(
     send = [row[0] for row in _host_table(table, host)]
     d, t, meta, packed = _sent_rows(x, hits, per_copy, sum(send), routes)
     g, width = table.shape[0], packed.shape[1]
-    per_row = width * packed.element_size() // 4  # int32 values per row
-    hdr = -(-table.shape[1] // per_row)
+    cells = table.shape[1] * 4 // packed.element_size()  # the count row's int32 values in hidden-dtype cells
+    hdr = -(-cells // width)
     buf = packed.new_empty((g, hdr + n, width))
-    head = torch.zeros((g, hdr * per_row), dtype=torch.int32, device=x.device)
-    head[:, : table.shape[1]] = table
-    buf[:, :hdr] = head.view(packed.dtype).view(g, hdr, width)
+    head = packed.new_zeros((g, hdr * width))
+    head[:, :cells] = table.to(torch.int32).view(packed.dtype)
+    buf[:, :hdr] = head.view(g, hdr, width)
     sent = table[:, 0]
     start = (sent.cumsum(0) - sent)[d]  # first sent row of each row's destination
     idx = d * (hdr + n) + hdr + routes.arange(d.numel()) - start
     buf.view(-1, width).index_copy_(0, idx, packed)
     out = torch.empty_like(buf)
     dist.all_to_all_single(out, buf)  # one rank too: the exchange is what the floor measures
-    got_table = out[:, :hdr].reshape(g, -1).view(torch.int32)[:, : table.shape[1]]
+    got_table = out[:, :hdr].reshape(g, -1)[:, :cells].contiguous().view(torch.int32)
     got = _host_table(got_table.to(torch.int64), host)
     recv = torch.cat([out[s, hdr : hdr + row[0]] for s, row in enumerate(got)])
     return _layout(t, meta, packed, send, got, local_experts), recv

@@ -169,3 +169,28 @@ def test_real_shape_layer_equals_reference() -> None:
     err, scale = spawn_ranks(_real_shape, 2, timeout_s=600)[0]
     assert scale > 0.1
     assert err <= 1e-5 * scale, f"max abs err {err} vs reference magnitude {scale}"
+
+
+def _bf16_odd_hidden(rank: int, world: int) -> tuple[bool, float]:
+    """bf16 with an odd hidden size (33): the padded dispatch's header rows and the fast path's packed
+    metadata both need an unaligned bit-cast. (padded == fast bit for bit, max |output|)."""
+    spec = MoEModelSpec(
+        hidden_size=33, ffn_size=48, num_experts=8, top_k=2, num_layers=2, num_heads=3, num_shared_experts=1
+    )
+    dctx = init_distributed(EngineOptions(backend="gloo", device="cpu", dtype="bfloat16", timeout_s=30))
+    placement = Placement(PLACEMENTS[world][1], num_experts=spec.num_experts)
+    node_of = np.zeros(world, dtype=np.int64)
+
+    def run(path: str) -> torch.Tensor:
+        m = ExpertParallelModel(spec, placement, rank, 7, dctx.device, dctx.dtype, 16, "even", node_of, path)
+        src = BatchSource(BATCH, world, spec.hidden_size, 7, experts=_trace())
+        return m.forward(src.batch(1, rank), PhaseClock(dctx.device, barriers=False)).out
+
+    padded, fast = run("padded"), run("fast")
+    return padded.dtype == torch.bfloat16 and torch.equal(padded, fast), float(fast.abs().max())
+
+
+def test_padded_dispatch_runs_in_bf16_with_an_odd_hidden_size() -> None:
+    for same, scale in spawn_ranks(_bf16_odd_hidden, 2, timeout_s=90):
+        assert scale > 0.01
+        assert same, "padded bf16 output differs from the fast path's"
