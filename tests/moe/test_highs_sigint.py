@@ -28,6 +28,13 @@ def _wait_for_worker(pid: int, limit_s: float) -> bool:
     return False
 
 
+def _as_foreground_job() -> None:
+    """SIGINT at its default in the runner, as in a terminal's foreground job. A test run started in the
+    background of a non-interactive shell (``cmd &``, as CI scripts do) ignores SIGINT, every child inherits
+    that, and the runner then rightly never sees the Ctrl-C: the run completes with exit 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("attempt", range(3))
 def test_ctrl_c_in_a_solve_is_one_line_exit_130(tmp_path: Path, attempt: int) -> None:
@@ -35,7 +42,14 @@ def test_ctrl_c_in_a_solve_is_one_line_exit_130(tmp_path: Path, attempt: int) ->
     cmd = [sys.executable, "-m", "runners.moe", "trace=synthetic", "trace.preset=deepseek_v2_lite",
            "topology=h100_cluster4x8", "placement=moetuner", "placement.time_limit_s=60",
            f"hydra.run.dir={out}"]  # fmt: skip
-    p = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_as_foreground_job,
+    )
     try:
         assert _wait_for_worker(p.pid, 120), "no HiGHS worker started"
         time.sleep(1.0 + attempt)  # inside the solve
