@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from moe.cost_model import EvalOptions, LayerModel
+from moe.cost_model import EvalOptions
+from moe.layer_model import LayerModel
 from moe.placement.base import Placement
 from moe.stats import expert_load
 from moe.topology import Topology

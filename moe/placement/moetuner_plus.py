@@ -32,7 +32,8 @@ import numpy as np
 from common.config import schema
 from common.errors import ConfigError, InputError
 from common.log import get_logger
-from moe.cost_model import EvalOptions, LayerModel
+from moe.cost_model import EvalOptions
+from moe.layer_model import LayerModel
 from moe.placement.base import Placement
 from moe.placement.cluster_moves import group_exchanges, kl_proposals, same_layer_counts
 from moe.placement.deadline import Deadline

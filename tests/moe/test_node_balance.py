@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from moe.cost_model import EvalOptions, LayerModel
+from moe.cost_model import EvalOptions
+from moe.layer_model import LayerModel
 from moe.placement.deadline import Deadline
 from moe.placement.eplb import eplb
 from moe.placement.moetuner_plus import MoETunerPlus, node_balance_search

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError, InputError
-from moe.cost_model import EvalOptions, LayerModel, evaluate_placement
+from moe.cost_model import EvalOptions, evaluate_placement
+from moe.layer_model import LayerModel
 from moe.placement.cluster_moves import group_exchanges, kl_sequence, node_affinity, same_layer_counts
 from moe.placement.deadline import Deadline
 from moe.placement.eplb import eplb

@@ -1,0 +1,140 @@
+"""The cost model one layer at a time, for searches that change one layer's placement and replay it thousands of
+times (MoETuner+'s local search, re-placement gains).
+
+``LayerModel.time`` gives exactly the number ``evaluate_placement`` would give for that layer (the MoE-layer
+tail, dispatch + compute + combine, summed over batches; bit for bit), but computes only what that number
+needs: no per-token means, no ``Placement`` validation, and, for the ``even`` replica rule (or no replicas),
+the layer's route table built with array operations instead of a loop over experts. Token positions after
+the layer follow the same rules (``moe.cost_model.next_positions``); the majority rule's tie-break hash is
+computed once per model instead of once per call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moe.cost_model import (
+    EvalOptions,
+    Fabric,
+    _first_copies,
+    _start_positions,
+    route_table,
+    token_hash,
+)
+from moe.placement.base import Placement
+from moe.topology import Topology
+
+Layer = list[list[int]]
+
+
+def layer_holders(layer: Layer, num_experts: int) -> np.ndarray:
+    """bool ``[G, E]``: GPU g holds a copy of expert e (``layer[g]``: the expert ids on GPU g)."""
+    held = np.zeros((len(layer), num_experts), dtype=bool)
+    for g, experts in enumerate(layer):
+        held[g, experts] = True
+    return held
+
+
+def even_candidates(held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``even`` replica rule's candidates of one layer: (int64 ``[E, M]`` holder GPUs of each expert in
+    ascending order, -1 past the last; int64 ``[E]`` their number). Same order as ``route_table``'s."""
+    count = held.sum(axis=0).astype(np.int64)  # [E]
+    m = int(count.max())
+    order = np.argsort(~held, axis=0, kind="stable")[:m].T  # [E, M]: holders first, ascending
+    return np.where(np.arange(m)[None, :] < count[:, None], order, -1), count
+
+
+class LayerModel:
+    """The cost model one layer at a time (see the module docstring).
+
+    ``time(li, layer, src)`` replays layer ``li`` of ``experts`` with that layer's assignment ``layer``
+    (``layer[g]``: expert ids on GPU g) from token positions ``src`` and returns the MoE-layer tail time
+    summed over batches (seconds, as ``CostReport.batch_layer_tail_s`` summed) and the positions ``[T]``
+    after it. ``forward(assignment)`` chains all layers. Same rules as ``evaluate_placement``.
+
+    Attributes:
+        by_layer: int64 ``[L, k, T]`` the expert of every copy, ``T`` = whole batches of the trace.
+        n, nb: tokens per batch, batches.
+    """
+
+    def __init__(
+        self, experts: np.ndarray, topology: Topology, options: EvalOptions, slot_order: str, num_experts: int
+    ) -> None:
+        experts = np.asarray(experts)
+        t_all = experts.shape[0]
+        self.n = min(options.batch_tokens or t_all, t_all)
+        self.nb = t_all // self.n
+        used = self.nb * self.n
+        self.by_layer = np.ascontiguousarray(experts[:used].transpose(1, 2, 0)).astype(np.int64)
+        self.tok = np.arange(used, dtype=np.int64)
+        self.g = topology.num_gpus
+        self.start = _start_positions(self.tok % self.n, self.n, self.g, options.first_layer_start)
+        self.topology, self.options, self.slot_order, self.num_experts = (
+            topology,
+            options,
+            slot_order,
+            num_experts,
+        )
+        self.fabric = Fabric.of(topology)
+        self.node_of = topology.node_of()
+        self.time_per_token_s = float(topology.time_per_token_s)
+        self._bg = (self.tok // self.n) * self.g  # [T] first (batch, gpu) key of each token's batch
+        self._salt: np.ndarray | None = None  # [T, G] majority tie-break, made on first use
+
+    def destinations(self, layer: Layer, ex: np.ndarray, src: np.ndarray) -> np.ndarray:
+        """int64 ``[k, T]``: the GPU that processes each copy ``ex [k, T]`` under ``layer``'s placement."""
+        held = layer_holders(layer, self.num_experts)
+        if self.options.replica_choice == "even" or held.sum(axis=0).max() == 1:
+            cand, count = even_candidates(held)
+            if cand.shape[1] == 1:
+                return cand[:, 0][ex]
+            return cand.reshape(-1)[ex * cand.shape[1] + self.tok % count[ex]]
+        routes = route_table(Placement([layer], num_experts=self.num_experts), self.node_of, "local")
+        return routes.choice[0][src, ex, self.tok % routes.count[0][src, ex]]
+
+    def next_positions(self, dest: np.ndarray, src: np.ndarray) -> np.ndarray:
+        """int64 ``[T]``: where every token is after the layer (``moe.cost_model.next_positions``'s rules; the
+        majority GPU from per-token copy counts, ties to the largest ``token_hash(token * G + gpu)``)."""
+        if self.options.token_movement == "home":
+            return src
+        if self.slot_order == "score":
+            return dest[0]
+        if self._salt is None:
+            keys = self.tok[:, None] * self.g + np.arange(self.g)[None, :]
+            self._salt = token_hash(keys) >> np.uint64(8)  # < 2**56: counts go above
+        cnt = np.bincount((self.tok * self.g + dest).ravel(), minlength=self.tok.size * self.g)
+        score = (cnt.reshape(-1, self.g).astype(np.uint64) << np.uint64(56)) | self._salt
+        return np.argmax(score, axis=1)
+
+    def time(self, li: int, layer: Layer, src: np.ndarray) -> tuple[float, np.ndarray]:
+        """(seconds summed over batches, positions ``[T]`` after layer ``li``)."""
+        nb, g = self.nb, self.g
+        dest = self.destinations(layer, self.by_layer[li], src)
+        load = np.bincount((self._bg + dest).ravel(), minlength=nb * g).reshape(nb, g)
+        first = _first_copies(dest, self.options.dedupe_dispatch)
+        nxt = self.next_positions(dest, src)
+        kd = ((self._bg + src) * g + dest)[first]  # key (batch, from, to) of every sent copy
+        kc = ((self._bg + dest) * g + nxt)[first]
+        d_cnt = np.bincount(kd, minlength=nb * g * g).reshape(nb, g, g)
+        c_cnt = np.bincount(kc, minlength=nb * g * g).reshape(nb, g, g)
+        disp = self.fabric.transfer_times(d_cnt).max(axis=(1, 2))
+        comb = self.fabric.transfer_times(c_cnt).max(axis=(1, 2))
+        tok_tail = (load * self.time_per_token_s).max(axis=1)
+        return float((disp + tok_tail + comb).sum()), nxt
+
+    def forward(
+        self, assignment: list[Layer], first: int = 0, src: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Times of layers ``first, first + 1, ...`` (one per entry of ``assignment``) from positions ``src``
+        (default: the start layout) and the positions entering each of them and after the last."""
+        pos = [self.start if src is None else src]
+        times = np.zeros(len(assignment))
+        for i, layer in enumerate(assignment):
+            times[i], nxt = self.time(first + i, layer, pos[-1])
+            pos.append(nxt)
+        return times, pos
+
+    @property
+    def positions_are_local(self) -> bool:
+        """True when a layer's change moves tokens only for the next layer (``even`` replicas or ``home``)."""
+        return self.options.replica_choice == "even" or self.options.token_movement == "home"
