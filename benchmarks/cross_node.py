@@ -7,7 +7,8 @@ the shared real DeepSeek-V2-Lite trace (the synthetic Mixtral-8x7B trace when it
 placement of the experiment and three steps of MoETuner+ are placed on the profile part and replayed on the
 evaluation part: ``moetuner_plus_search`` (candidates and the local search only: ``cross_node_sweeps=0
 node_balance_sweeps=0``), ``moetuner_plus_x`` (plus the cluster moves across nodes) and ``moetuner_plus`` (the
-defaults: plus the within-node NIC balancing). Recorded: layer times, each step over the best other
+defaults: plus the within-node NIC balancing), and ``moetuner_plus_tokensN``: the defaults with
+``search_tokens=N`` for each N of ``--search-tokens`` (how much the lead depends on the search's sample). Recorded: layer times, each step over the best other
 placement and over ExFlow, and the bounds (``moe.bound``, ``moe.bound_cross_node`` for ``E / G`` experts per
 GPU and for MoETuner+'s memory). Writes ``results/bench/cross_node/``.
 """
@@ -55,7 +56,7 @@ def _problem(trace: str, seed: int):  # noqa: ANN202 - (problem, evaluation trac
     return problem, ev, topo, opts, pcfgs
 
 
-def _one_seed(trace: str, seed: int, cap: float) -> dict[str, float]:
+def _one_seed(trace: str, seed: int, cap: float, tokens: list[int]) -> dict[str, float]:
     """Every placement of one seed: layer time (ms), place seconds, bounds; see the module docstring."""
     problem, ev, topo, opts, pcfgs = _problem(trace, seed)
     placers = {
@@ -66,12 +67,16 @@ def _one_seed(trace: str, seed: int, cap: float) -> dict[str, float]:
         placers[name] = dataclasses.replace(
             placers["moetuner_plus"], cross_node_sweeps=cross, node_balance_sweeps=balance
         )
+    for n in tokens:
+        placers[f"{NEW}_tokens{n}"] = dataclasses.replace(placers[NEW], search_tokens=n)
     out: dict[str, float] = {}
     order = ev.slot_order or "unordered"
     for name, placer in placers.items():
         t0 = time.perf_counter()
         pl = placer.place(problem)
         out[f"{name}_place_s"] = time.perf_counter() - t0
+        if name.startswith(NEW):  # 1 when the search stopped at its cap (the placement then depends on speed)
+            out[f"{name}_time_limit"] = float(pl.info["status"] == "time_limit")
         report = evaluate_placement(ev.experts, pl, topo, opts, slot_order=order)
         out[f"{name}_layer_time_ms"] = report.summary()["layer_time_tail_s"] * 1e3
         if name in (NEW, "exflow"):
@@ -82,13 +87,13 @@ def _one_seed(trace: str, seed: int, cap: float) -> dict[str, float]:
             out[f"bound_cross_{slots}_ms"] = b.total_s * 1e3
             out[f"split_fraction_lb_{slots}"] = float(b.split_tokens.mean() / report.batch_tokens)
     best_other = min(out[f"{name}_layer_time_ms"] for name in OTHERS.split(","))
-    for name in STEPS:
+    for name in [*STEPS, *(f"{NEW}_tokens{n}" for n in tokens)]:
         out[f"{name}_over_best_other"] = best_other / out[f"{name}_layer_time_ms"]
         out[f"{name}_over_exflow"] = out["exflow_layer_time_ms"] / out[f"{name}_layer_time_ms"]
     return out
 
 
-def body(ctx: RunContext, seeds: list[int], cap: float) -> RunOutput:
+def body(ctx: RunContext, seeds: list[int], cap: float, tokens: list[int]) -> RunOutput:
     log = get_logger("bench")
     trace = "deepseek_v2_lite"
     if not REAL_TRACE.exists():
@@ -96,7 +101,7 @@ def body(ctx: RunContext, seeds: list[int], cap: float) -> RunOutput:
         trace = "synthetic"
     metrics: dict[str, float] = {}
     for seed in seeds:
-        m = _one_seed(trace, seed, cap)
+        m = _one_seed(trace, seed, cap, tokens)
         metrics.update({f"seed{seed}_{k}": v for k, v in m.items()})
         times = {k[: -len("_layer_time_ms")]: v for k, v in m.items() if k.endswith("_layer_time_ms")}
         for name, v in sorted(times.items(), key=lambda kv: kv[1]):
@@ -106,9 +111,9 @@ def body(ctx: RunContext, seeds: list[int], cap: float) -> RunOutput:
                   f"{k[len('bound_cross_'):-3]} slots {v:.4f} ms" for k, v in m.items() if k.startswith("bound_cross_")))  # fmt: skip
     won = sum(metrics[f"seed{s}_{NEW}_over_best_other"] > 1.0 for s in seeds)
     metrics["seeds_won_vs_best_other"] = float(won)
-    metrics["seeds_at_1.05_vs_best_other"] = float(
-        sum(metrics[f"seed{s}_{NEW}_over_best_other"] >= 1.05 for s in seeds)
-    )
+    for name in [NEW, *(f"{NEW}_tokens{n}" for n in tokens)]:
+        key = "seeds_at_1.05_vs_best_other" + name[len(NEW) :]
+        metrics[key] = float(sum(metrics[f"seed{s}_{name}_over_best_other"] >= 1.05 for s in seeds))
     return RunOutput(metrics=metrics, labels={"trace": trace, "topology": "paper_multi_node"})
 
 
@@ -116,13 +121,19 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (profile / evaluation splits)")
     ap.add_argument("--cap", type=float, default=10.0, help="placement.time_limit_s of every placement")
+    ap.add_argument(
+        "--search-tokens", default="12288,16384",
+        help="comma-separated placement.search_tokens values tried besides the default (steps moetuner_plus_tokensN)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=OUT, help="run folder for result.json")
     args = ap.parse_args(argv)
     limit_threads()
     seeds = [int(s) for s in args.seeds.split(",")]
+    tokens = [int(n) for n in args.search_tokens.split(",") if n]
     config = {"benchmark": "cross_node", "seeds": args.seeds, "cap": args.cap, "seed": seeds[0]}
+    config["search_tokens"] = args.search_tokens
     os.environ.setdefault("SUITE_PROGRESS", "0")
-    run_experiment(config, "moe", lambda ctx: body(ctx, seeds, args.cap), run_dir=args.out)
+    run_experiment(config, "moe", lambda ctx: body(ctx, seeds, args.cap, tokens), run_dir=args.out)
 
 
 if __name__ == "__main__":
