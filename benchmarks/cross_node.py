@@ -117,21 +117,44 @@ def body(ctx: RunContext, seeds: list[int], cap: float, tokens: list[int]) -> Ru
     return RunOutput(metrics=metrics, labels={"trace": trace, "topology": "paper_multi_node"})
 
 
+def _ints(lo: int):  # noqa: ANN202 - an argparse type
+    """Comma-separated integers >= ``lo`` ("" = none), as an argparse type with a one-line error."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if any(v < lo for v in values):
+            raise argparse.ArgumentTypeError(f"expected integers >= {lo}, got {text!r}")
+        return values
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (profile / evaluation splits)")
+    ap.add_argument(
+        "--seeds", type=_ints(0), default="0,1,2", help="comma-separated seeds (profile / evaluation splits)"
+    )
     ap.add_argument("--cap", type=float, default=10.0, help="placement.time_limit_s of every placement")
     ap.add_argument(
-        "--search-tokens", default="12288,16384",
+        "--search-tokens", type=_ints(1), default="12288,16384",
         help="comma-separated placement.search_tokens values tried besides the default (steps moetuner_plus_tokensN)",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=OUT, help="run folder for result.json")
     args = ap.parse_args(argv)
+    if not args.seeds:
+        ap.error("argument --seeds: expected at least one seed")
     limit_threads()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    tokens = [int(n) for n in args.search_tokens.split(",") if n]
-    config = {"benchmark": "cross_node", "seeds": args.seeds, "cap": args.cap, "seed": seeds[0]}
-    config["search_tokens"] = args.search_tokens
+    seeds, tokens = args.seeds, args.search_tokens
+    config = {
+        "benchmark": "cross_node",
+        "seeds": ",".join(map(str, seeds)),
+        "cap": args.cap,
+        "seed": seeds[0],
+    }
+    config["search_tokens"] = ",".join(map(str, tokens))
     os.environ.setdefault("SUITE_PROGRESS", "0")
     run_experiment(config, "moe", lambda ctx: body(ctx, seeds, args.cap, tokens), run_dir=args.out)
 
