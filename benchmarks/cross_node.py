@@ -21,8 +21,10 @@ import os
 import time
 from pathlib import Path
 
+from benchmarks.cli import float_in, int_list
 from benchmarks.placement_compare import _configs
 from common.config import build
+from common.errors import ConfigError, InputError
 from common.experiment import RunContext, RunOutput, run_experiment
 from common.log import get_logger
 from common.threads import limit_threads
@@ -117,29 +119,22 @@ def body(ctx: RunContext, seeds: list[int], cap: float, tokens: list[int]) -> Ru
     return RunOutput(metrics=metrics, labels={"trace": trace, "topology": "paper_multi_node"})
 
 
-def _ints(lo: int):  # noqa: ANN202 - an argparse type
-    """Comma-separated integers >= ``lo`` ("" = none), as an argparse type with a one-line error."""
-
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-        if any(v < lo for v in values):
-            raise argparse.ArgumentTypeError(f"expected integers >= {lo}, got {text!r}")
-        return values
-
-    return parse
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--seeds", type=_ints(0), default="0,1,2", help="comma-separated seeds (profile / evaluation splits)"
+        "--seeds",
+        type=int_list(0),
+        default="0,1,2",
+        help="comma-separated seeds (profile / evaluation splits)",
     )
-    ap.add_argument("--cap", type=float, default=10.0, help="placement.time_limit_s of every placement")
     ap.add_argument(
-        "--search-tokens", type=_ints(1), default="12288,16384",
+        "--cap",
+        type=float_in(0.0, open_lo=True),
+        default=10.0,
+        help="placement.time_limit_s of every placement",
+    )
+    ap.add_argument(
+        "--search-tokens", type=int_list(1), default="12288,16384",
         help="comma-separated placement.search_tokens values tried besides the default (steps moetuner_plus_tokensN)",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=OUT, help="run folder for result.json")
@@ -156,7 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     config["search_tokens"] = ",".join(map(str, tokens))
     os.environ.setdefault("SUITE_PROGRESS", "0")
-    run_experiment(config, "moe", lambda ctx: body(ctx, seeds, args.cap, tokens), run_dir=args.out)
+    try:
+        run_experiment(config, "moe", lambda ctx: body(ctx, seeds, args.cap, tokens), run_dir=args.out)
+    except (ConfigError, InputError) as exc:
+        ap.exit(2, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

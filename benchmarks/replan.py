@@ -16,7 +16,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from benchmarks.cli import float_in, int_at_least
 from benchmarks.timing import timed
+from common.errors import ConfigError, InputError
 from common.experiment import RunContext, RunOutput, run_experiment
 from common.log import get_logger
 from moe.cost_model import EvalOptions
@@ -97,16 +99,21 @@ def body(ctx: RunContext, windows: int, drift: float, budget: int, repeats: int)
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--windows", type=int, default=8, help="windows of the trace (one is re-placed)")
-    ap.add_argument("--drift", type=float, default=0.1, help="drift rate per window boundary")
-    ap.add_argument("--budget", type=int, default=4, help="expert copies moved per layer at most")
-    ap.add_argument("--repeats", type=int, default=2, help="timed repeats (the best is kept)")
+    ap.add_argument(
+        "--windows", type=int_at_least(2), default=8, help="windows of the trace (one is re-placed)"
+    )
+    ap.add_argument("--drift", type=float_in(0.0, 1.0), default=0.1, help="drift rate per window boundary")
+    ap.add_argument("--budget", type=int_at_least(0), default=4, help="expert copies moved per layer at most")
+    ap.add_argument("--repeats", type=int_at_least(1), default=2, help="timed repeats (the best is kept)")
     ap.add_argument("--out", type=Path, default=OUT, help="run folder for result.json")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int_at_least(0), default=0)
     args = ap.parse_args(argv)
     config = {"benchmark": "replan", **{k: v for k, v in vars(args).items() if k != "out"}}
-    run_experiment(config, "moe", lambda ctx: body(ctx, args.windows, args.drift, args.budget, args.repeats),
-                   run_dir=args.out)  # fmt: skip
+    try:
+        run_experiment(config, "moe", lambda ctx: body(ctx, args.windows, args.drift, args.budget, args.repeats),
+                       run_dir=args.out)  # fmt: skip
+    except (ConfigError, InputError) as exc:  # e.g. more windows than the trace has prompts
+        ap.exit(2, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

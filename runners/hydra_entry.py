@@ -244,6 +244,12 @@ def composition_message(exc: BaseException, conf_dir: str = CONF_DIR) -> str:
     if "No match in the defaults list" in str(exc) or ("." not in name and name not in groups):
         return f"'{name}' is neither a config group nor a config key (groups: {', '.join(groups)})"
     if isinstance(cause, ConfigKeyError | ConfigAttributeError):  # an unknown key under struct mode
+        group = name.split(".")[0]
+        if group in groups:  # a group's keys are its schema's fields: '+key' would only fail later
+            return (
+                f"config key '{name}' does not exist (check its spelling; the keys of '{group}' are those of the "
+                f"chosen option: python -m runners.<suite> {group}=<option> --cfg job -p {group})"
+            )
         return f"config key '{name}' does not exist (check its spelling; to add a new key: +{name}=...)"
     return f"config key '{name}': {_first_line(cause) if cause is not None else _first_line(exc)}"
 

@@ -51,6 +51,12 @@ def cli(module: str, *args: str, tmp_path: Path, monkeypatch, capsys) -> tuple[i
             "error: config group 'placement' has no option 'nope'",
         ),
         ("runners.moe", ["placement.gapp=0.1"], "error: config key 'placement.gapp' does not exist"),
+        (
+            "runners.moe",
+            ["placement=moetuner_plus", "placement.validate=1"],
+            "error: config key 'placement.validate' does not exist (check its spelling; the keys of 'placement' "
+            "are those of the chosen option: python -m runners.<suite> placement=<option> --cfg job -p placement)",
+        ),
         ("runners.moe", ["placemnt=greedy"], "error: 'placemnt' is neither a config group nor a config key"),
         ("runners.moe", ["no_such_key=1"], "error: 'no_such_key' is neither a config group nor a config key"),
         (
