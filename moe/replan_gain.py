@@ -1,7 +1,7 @@
 """The incremental policy's gain model: the cost model's time saved by changing one layer's assignment.
 
 ``LayerGain(experts, current, ...)`` replays the profile window ``experts`` through ``current`` once
-(``moe.cost_model.LayerModel.forward``) and keeps each layer's time and the token positions entering it;
+(``moe.layer_model.LayerModel.forward``) and keeps each layer's time and the token positions entering it;
 ``gain(li, layer)`` replays only layer ``li`` with assignment ``layer`` from those positions. The effect of
 a changed layer on where tokens enter the next one is left out (the greedy changes few copies per window).
 """
