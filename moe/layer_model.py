@@ -17,6 +17,8 @@ from moe.cost_model import (
     EvalOptions,
     Fabric,
     _first_copies,
+    _Replay,
+    _replay_layer,
     _start_positions,
     route_table,
     token_hash,
@@ -138,3 +140,17 @@ class LayerModel:
     def positions_are_local(self) -> bool:
         """True when a layer's change moves tokens only for the next layer (``even`` replicas or ``home``)."""
         return self.options.replica_choice == "even" or self.options.token_movement == "home"
+
+
+def full_replay_time(model: LayerModel, li: int, layer: Layer, src: np.ndarray) -> tuple[float, np.ndarray]:
+    """``model.time(li, layer, src)`` through ``evaluate_placement``'s own replay of one layer (a validated
+    ``Placement``, its route table, every per-batch statistic): the reference that the tests and
+    ``benchmarks.layer_model`` compare ``LayerModel.time`` with, bit for bit and for speed."""
+    rp = _Replay(
+        routes=route_table(Placement([layer], num_experts=model.num_experts), model.node_of,
+                           model.options.replica_choice),
+        fabric=Fabric.of(model.topology), options=model.options, slot_order=model.slot_order,
+        time_per_token_s=float(model.topology.time_per_token_s), n=model.n, nb=model.nb, g=model.g,
+    )  # fmt: skip
+    out = _replay_layer(rp, 0, model.by_layer[li], src, model.tok)
+    return float((out["disp_tail"] + out["tok_tail"] + out["comb_tail"]).sum()), out["nxt"]

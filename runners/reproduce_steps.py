@@ -90,6 +90,7 @@ BENCHMARK_MODULES = [
     "benchmarks.moetuner_solve",
     "benchmarks.fl",
     "benchmarks.replan",
+    "benchmarks.layer_model",
 ]
 
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moe.cost_model import EvalOptions, Fabric, _Replay, _replay_layer, route_table
-from moe.layer_model import LayerModel, even_candidates, layer_holders
-from moe.placement.base import Placement
+from moe.cost_model import EvalOptions
+from moe.layer_model import LayerModel, even_candidates, full_replay_time, layer_holders
 from moe.placement.eplb import eplb
 from moe.stats import expert_load
 from moe.synthetic import generate_trace
@@ -21,20 +20,6 @@ def _topo(nodes: int, gpus: int):  # noqa: ANN202
         {"name": "t", "num_nodes": nodes, "gpus_per_node": gpus, "intra_node_gbps": 400, "inter_node_gbps": 50,
          "hidden_size": 4096, "dtype_bytes": 2, "compute": {"time_per_token_s": 2e-7}}
     )  # fmt: skip
-
-
-def _reference(
-    model: LayerModel, li: int, layer: list[list[int]], src: np.ndarray
-) -> tuple[float, np.ndarray]:
-    """The same number through ``evaluate_placement``'s own replay of one layer."""
-    rp = _Replay(
-        routes=route_table(Placement([layer], num_experts=model.num_experts), model.node_of,
-                           model.options.replica_choice),
-        fabric=Fabric.of(model.topology), options=model.options, slot_order=model.slot_order,
-        time_per_token_s=float(model.topology.time_per_token_s), n=model.n, nb=model.nb, g=model.g,
-    )  # fmt: skip
-    out = _replay_layer(rp, 0, model.by_layer[li], src, model.tok)
-    return float((out["disp_tail"] + out["tok_tail"] + out["comb_tail"]).sum()), out["nxt"]
 
 
 @pytest.mark.parametrize("nodes,gpus", [(1, 4), (2, 4)])
@@ -57,7 +42,7 @@ def test_layer_times_and_positions_equal_the_cost_models_replay(
     src = model.start
     for li, layer in enumerate(p.assignment):
         got_t, got_pos = model.time(li, layer, src)
-        ref_t, ref_pos = _reference(model, li, layer, src)
+        ref_t, ref_pos = full_replay_time(model, li, layer, src)
         assert got_t == ref_t and got_t > 0
         np.testing.assert_array_equal(got_pos, ref_pos)
         src = ref_pos
