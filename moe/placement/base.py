@@ -20,6 +20,18 @@ from common.errors import InputError
 FORMAT = "moe.placement/1"
 
 
+Layer = list[list[int]]  # one layer's assignment: ``layer[g]`` = expert ids on GPU g
+
+
+def swap_experts(layer: Layer, g1: int, x: int, g2: int, y: int) -> Layer:
+    """A copy of ``layer`` in which expert ``x`` (on GPU ``g1``) and expert ``y`` (on GPU ``g2``) trade GPUs,
+    each keeping the other's position in its GPU's list."""
+    out = [list(gpu) for gpu in layer]
+    out[g1][out[g1].index(x)] = y
+    out[g2][out[g2].index(y)] = x
+    return out
+
+
 @dataclass
 class Placement:
     """Experts held by each GPU in each layer.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-Layer = list[list[int]]
+from moe.placement.base import Layer, swap_experts
 
 
 def same_layer_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
@@ -115,7 +115,7 @@ def kl_sequence(
         (the layer after the best prefix, its total proxy gain), or None when no prefix gains.
     """
     a, b = int(node_of[g1]), int(node_of[g2])
-    cur = [list(x) for x in layer]
+    cur = layer  # each swap makes a new layer: neither it nor a kept prefix changes later
     cap = max(float(load[gpu].sum()) for gpu in layer)
     locked: set[int] = set()
     total, best_total, best = 0.0, 0.0, None
@@ -129,12 +129,11 @@ def kl_sequence(
         if pick is None:
             break
         gain, x, y = pick
-        cur[g1][cur[g1].index(x)] = y
-        cur[g2][cur[g2].index(y)] = x
+        cur = swap_experts(cur, g1, x, g2, y)
         locked.update((x, y))
         total += gain
         if total > best_total + 1e-9:
-            best_total, best = total, [list(x) for x in cur]
+            best_total, best = total, cur
     return None if best is None else (best, best_total)
 
 

@@ -34,7 +34,7 @@ from common.errors import ConfigError, InputError
 from common.log import get_logger
 from moe.cost_model import EvalOptions
 from moe.layer_model import LayerModel
-from moe.placement.base import Placement
+from moe.placement.base import Layer, Placement, swap_experts
 from moe.placement.cluster_moves import group_exchanges, kl_proposals, same_layer_counts
 from moe.placement.deadline import Deadline
 from moe.placement.eplb import eplb
@@ -45,8 +45,6 @@ from moe.placement.node_balance import copies_per_expert, node_balance_proposals
 from moe.placement.placer import PlacementProblem, Placer
 from moe.placement.profiled import ProfiledProblem
 from moe.placement.replicas import add_hot_replicas
-
-Layer = list[list[int]]
 
 # Where the search's phases end, as shares of its budget: the cluster moves by 40%, the local search by 70%
 # when the node balancing follows (else by 100%); a phase that ends early leaves its time to the next. Without
@@ -62,10 +60,7 @@ def _gpu_loads(layer: Layer, load: np.ndarray) -> np.ndarray:
 def _swap(layer: Layer, g1: int, x: int, g2: int, y: int) -> Layer | None:
     if x in layer[g2] or y in layer[g1]:
         return None
-    out = [list(gpu) for gpu in layer]
-    out[g1][out[g1].index(x)] = y
-    out[g2][out[g2].index(y)] = x
-    return out
+    return swap_experts(layer, g1, x, g2, y)
 
 
 def candidate_moves(

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-Layer = list[list[int]]
+from moe.placement.base import Layer, swap_experts
 
 
 def copies_per_expert(layer: Layer, num_experts: int) -> np.ndarray:
@@ -107,10 +107,4 @@ def node_balance_proposals(
                 if score[i, j] < now - 1e-9:
                     found.append((float(score[i, j] - now), hot, int(xs[i]), other, int(ys[j])))
     found.sort()
-    out = []
-    for _, g1, x, g2, y in found:
-        new = [list(gpu) for gpu in layer]
-        new[g1][new[g1].index(x)] = y
-        new[g2][new[g2].index(y)] = x
-        out.append(new)
-    return out
+    return [swap_experts(layer, g1, x, g2, y) for _, g1, x, g2, y in found]
