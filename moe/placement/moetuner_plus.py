@@ -153,6 +153,18 @@ class SearchState:
     times: np.ndarray
     src: list[np.ndarray]
 
+    @classmethod
+    def of(cls, model: LayerModel, start: Placement) -> SearchState:
+        """``start``'s layers (copied), their times and positions on ``model``."""
+        times, src = model.forward(start.assignment)
+        return cls([[list(g) for g in layer] for layer in start.assignment], times, src)
+
+    def result(self, before: float, tried: int, kept: int, num_experts: int) -> tuple[Placement, dict]:
+        """The placement reached and a phase's report (profile time before / after, moves tried / kept)."""
+        report = {"profile_time_before_s": before, "profile_time_after_s": float(self.times.sum())}
+        report |= {"moves_tried": tried, "moves_kept": kept}
+        return Placement(self.layers, num_experts=num_experts, name="moetuner_plus"), report
+
 
 def local_search(
     model: LayerModel,
@@ -164,9 +176,8 @@ def local_search(
     deadline: Deadline,
 ) -> tuple[Placement, dict]:
     """Improve ``start`` move by move on ``model`` (see the module docstring); returns it and a report."""
-    times, src = model.forward(start.assignment)
-    st = SearchState([[list(g) for g in layer] for layer in start.assignment], times, src)
-    before = float(times.sum())
+    st = SearchState.of(model, start)
+    before = float(st.times.sum())
     rng = np.random.default_rng([seed, 7])
     kept = tried = 0
     num_layers = len(st.layers)
@@ -177,13 +188,7 @@ def local_search(
                     break
                 tried += 1
                 kept += _try(model, st, li, cand)
-    report = {
-        "profile_time_before_s": before,
-        "profile_time_after_s": float(st.times.sum()),
-        "moves_tried": tried,
-    }
-    report["moves_kept"] = kept
-    return Placement(st.layers, num_experts=start.num_experts, name="moetuner_plus"), report
+    return st.result(before, tried, kept, start.num_experts)
 
 
 def cluster_search(
@@ -198,9 +203,8 @@ def cluster_search(
     """Cluster-level moves across nodes (``moe.placement.cluster_moves``), ``sweeps`` passes over the layers;
     a layer's proposals are rebuilt after every move kept, at most ``top`` of them tried each time. Returns
     the placement and a report."""
-    times, src = model.forward(start.assignment)
-    before = float(times.sum())
-    st = SearchState([[list(g) for g in layer] for layer in start.assignment], times, src)
+    st = SearchState.of(model, start)
+    before = float(st.times.sum())
     node_of = problem.topology.node_of()
     q = same_layer_counts(model.by_layer.transpose(2, 0, 1), problem.num_experts)
     load = np.asarray(problem.load, dtype=np.float64)
@@ -217,9 +221,7 @@ def cluster_search(
                 props = groups + kl if len(groups) + len(kl) <= top else (kl + groups)[:top]
                 n, moved = _first_kept(model, st, li, props)
                 tried, kept = tried + n, kept + moved
-    report = {"profile_time_before_s": before, "profile_time_after_s": float(st.times.sum())}
-    report |= {"moves_tried": tried, "moves_kept": kept}
-    return Placement(st.layers, num_experts=start.num_experts, name="moetuner_plus"), report
+    return st.result(before, tried, kept, start.num_experts)
 
 
 def node_balance_search(
@@ -233,9 +235,8 @@ def node_balance_search(
     """Within-node swaps that even out NIC traffic and compute (``moe.placement.node_balance``), ``sweeps``
     passes over the layers; a layer's proposals are rebuilt after every move kept (at most ``4 E`` moves per
     layer and pass). Returns the placement and a report."""
-    times, src = model.forward(start.assignment)
-    before = float(times.sum())
-    st = SearchState([[list(g) for g in layer] for layer in start.assignment], times, src)
+    st = SearchState.of(model, start)
+    before = float(st.times.sum())
     node_of = problem.topology.node_of()
     load = np.asarray(problem.load, dtype=np.float64)
     tried = kept = 0
@@ -252,9 +253,7 @@ def node_balance_search(
                 tried, kept = tried + n, kept + moved
                 if not moved:
                     break
-    report = {"profile_time_before_s": before, "profile_time_after_s": float(st.times.sum())}
-    report |= {"moves_tried": tried, "moves_kept": kept}
-    return Placement(st.layers, num_experts=start.num_experts, name="moetuner_plus"), report
+    return st.result(before, tried, kept, start.num_experts)
 
 
 def _candidates(problem: PlacementProblem, opts: MoETunerPlus, deadline: Deadline) -> dict[str, Placement]:
