@@ -7,18 +7,12 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from moe.cost_model import EvalOptions
-from moe.layer_model import LayerModel
 from moe.placement.deadline import Deadline
-from moe.placement.eplb import eplb
 from moe.placement.moetuner_plus import MoETunerPlus, node_balance_search
 from moe.placement.node_balance import node_balance_proposals, remote_counts
-from moe.placement.profiled import ProfiledProblem
-from moe.synthetic import generate_trace
-from tests.moe.test_placement_moetuner_plus import TOPO as PLUS_TOPO
+from tests.moe.search_case import TOPO, search_case
 
 NODE_OF = np.array([0, 0, 1, 1])
-TOPO = PLUS_TOPO  # 2 nodes of 4 GPUs, as in the MoETuner+ tests
 
 
 def _node_sets(layer, node_of):
@@ -66,18 +60,9 @@ def test_no_proposals_on_one_node():
     assert node_balance_proposals(layer, remote, np.ones(4), np.array([0, 0]), top=4) == []
 
 
-@pytest.fixture(scope="module")
-def trace():
-    t = generate_trace("deepseek_v2_lite", 4000, skew=1.0, affinity=0.9, seed=5)
-    return t.experts[:, :5].astype(np.int64), t.num_experts
-
-
 def test_node_balance_search_never_ends_slower_and_keeps_node_sets(trace):
-    ex, e = trace
-    opts = EvalOptions(batch_tokens=1000)
-    problem = ProfiledProblem.from_trace(ex, e, TOPO, opts, "unordered", 0)
-    start = eplb(problem.load, 8, 4, num_redundant=8)
-    model = LayerModel(ex, TOPO, opts, "unordered", e)
+    case = search_case(*trace)
+    problem, start, model = case.problem, case.start, case.model
     out, rep = node_balance_search(model, problem, start, sweeps=1, top=8, deadline=Deadline.after(60))
     assert rep["moves_tried"] > 0
     assert rep["profile_time_after_s"] <= rep["profile_time_before_s"]

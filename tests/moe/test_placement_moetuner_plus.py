@@ -15,26 +15,7 @@ from moe.placement.moetuner_plus import MoETunerPlus, candidate_moves, cluster_s
 from moe.placement.placer import PlacementProblem
 from moe.placement.profiled import ProfiledProblem
 from moe.stats import cross_layer_counts, expert_load
-from moe.synthetic import generate_trace
-from moe.topology import Compute, Topology
-
-TOPO = Topology(
-    name="t",
-    num_nodes=2,
-    gpus_per_node=4,
-    intra_node_gbps=450,
-    inter_node_gbps=50,
-    gpu_port_gbps=450,
-    nic_gbps=50,
-    hidden_size=2048,
-    compute=Compute(time_per_token_s=5e-8),
-)
-
-
-@pytest.fixture(scope="module")
-def trace():
-    t = generate_trace("deepseek_v2_lite", 4000, skew=1.0, affinity=0.9, seed=5)
-    return t.experts[:, :5].astype(np.int64), t.num_experts
+from tests.moe.search_case import TOPO, search_case
 
 
 @pytest.mark.parametrize("rule", [("follow", "even"), ("follow", "local"), ("home", "even")])
@@ -136,11 +117,8 @@ def test_group_exchanges_move_whole_groups_across_nodes():
 
 
 def test_cluster_moves_never_end_slower_and_keep_the_slots(trace):
-    ex, e = trace
-    opts = EvalOptions(batch_tokens=1000)
-    problem = ProfiledProblem.from_trace(ex, e, TOPO, opts, "unordered", 0)
-    start = eplb(problem.load, 8, 4, num_redundant=8)
-    model = LayerModel(ex, TOPO, opts, "unordered", e)
+    case = search_case(*trace)
+    problem, start, model = case.problem, case.start, case.model
     out, rep = cluster_search(
         model, problem, start, sweeps=1, kl_steps=6, deadline=Deadline.after(60), top=32
     )
