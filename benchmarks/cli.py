@@ -1,10 +1,16 @@
-"""argparse types for the benchmarks' options: a bad value is one usage error naming the option (exit 2)
-before anything runs, never a traceback from deep inside a run."""
+"""argparse types for the benchmarks' options, and their run: a bad value is one usage error naming the option
+(exit 2) before anything runs, and an input error the run finds (``ConfigError``, ``InputError``) is one
+``error:`` line (exit 2), never a traceback from deep inside a run."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError, InputError
+from common.experiment import RunContext, RunOutput, run_experiment
 
 
 def int_at_least(lo: int) -> Callable[[str], int]:
@@ -38,8 +44,8 @@ def float_in(lo: float, hi: float | None = None, open_lo: bool = False) -> Calla
     return parse
 
 
-def int_list(lo: int) -> Callable[[str], list[int]]:
-    """Comma-separated integers ``>= lo`` (``""`` = none)."""
+def int_list(lo: int, what: str | None = None) -> Callable[[str], list[int]]:
+    """Comma-separated integers ``>= lo``; ``""`` = none, unless ``what`` names one (then at least one)."""
 
     def parse(text: str) -> list[int]:
         try:
@@ -48,6 +54,19 @@ def int_list(lo: int) -> Callable[[str], list[int]]:
             raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
         if any(v < lo for v in values):
             raise argparse.ArgumentTypeError(f"expected integers >= {lo}, got {text!r}")
+        if what is not None and not values:
+            raise argparse.ArgumentTypeError(f"expected at least one {what}")
         return values
 
     return parse
+
+
+def run(
+    ap: argparse.ArgumentParser, config: dict[str, Any], body: Callable[[RunContext], RunOutput], out: Path
+) -> None:
+    """``run_experiment`` of suite ``moe`` into ``out``; a ``ConfigError`` / ``InputError`` (for example more
+    windows than the trace has prompts) ends the program with one ``error:`` line and exit status 2."""
+    try:
+        run_experiment(config, "moe", body, run_dir=out)
+    except (ConfigError, InputError) as exc:
+        ap.exit(2, f"error: {exc}\n")

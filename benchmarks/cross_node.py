@@ -21,11 +21,10 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.cli import float_in, int_list
+from benchmarks.cli import float_in, int_list, run
 from benchmarks.placement_compare import _configs
 from common.config import build
-from common.errors import ConfigError, InputError
-from common.experiment import RunContext, RunOutput, run_experiment
+from common.experiment import RunContext, RunOutput
 from common.log import get_logger
 from common.threads import limit_threads
 from moe.bound import fraction_of_bound, max_slots
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--seeds",
-        type=int_list(0),
+        type=int_list(0, "seed"),
         default="0,1,2",
         help="comma-separated seeds (profile / evaluation splits)",
     )
@@ -139,8 +138,6 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=OUT, help="run folder for result.json")
     args = ap.parse_args(argv)
-    if not args.seeds:
-        ap.error("argument --seeds: expected at least one seed")
     limit_threads()
     seeds, tokens = args.seeds, args.search_tokens
     config = {
@@ -148,13 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": ",".join(map(str, seeds)),
         "cap": args.cap,
         "seed": seeds[0],
+        "search_tokens": ",".join(map(str, tokens)),
     }
-    config["search_tokens"] = ",".join(map(str, tokens))
     os.environ.setdefault("SUITE_PROGRESS", "0")
-    try:
-        run_experiment(config, "moe", lambda ctx: body(ctx, seeds, args.cap, tokens), run_dir=args.out)
-    except (ConfigError, InputError) as exc:
-        ap.exit(2, f"error: {exc}\n")
+    run(ap, config, lambda ctx: body(ctx, seeds, args.cap, tokens), args.out)
 
 
 if __name__ == "__main__":

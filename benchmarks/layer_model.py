@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.cli import int_at_least, int_list
+from benchmarks.cli import int_at_least, int_list, run
 from benchmarks.cost_model import preset
-from common.experiment import RunContext, RunOutput, run_experiment
+from common.experiment import RunContext, RunOutput
 from common.log import get_logger
 from moe.cost_model import EvalOptions
 from moe.layer_model import LayerModel, full_replay_time
@@ -89,16 +89,21 @@ def body(ctx: RunContext, token_counts: list[int], repeats: int) -> RunOutput:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--tokens", type=int_list(2048), default="8192,16384", help="comma-separated token counts"
+        "--tokens",
+        type=int_list(2048, "token count"),
+        default="8192,16384",
+        help="comma-separated token counts",
     )
     ap.add_argument("--repeats", type=int_at_least(1), default=300, help="calls per timed round")
     ap.add_argument("--out", type=Path, default=OUT, help="run folder for result.json")
     args = ap.parse_args(argv)
-    if not args.tokens:
-        ap.error("argument --tokens: expected at least one token count")
-    config = {"benchmark": "layer_model", "tokens": ",".join(map(str, args.tokens)), "repeats": args.repeats}
-    config["seed"] = 0
-    run_experiment(config, "moe", lambda ctx: body(ctx, args.tokens, args.repeats), run_dir=args.out)
+    config = {
+        "benchmark": "layer_model",
+        "tokens": ",".join(map(str, args.tokens)),
+        "repeats": args.repeats,
+        "seed": 0,
+    }
+    run(ap, config, lambda ctx: body(ctx, args.tokens, args.repeats), args.out)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from benchmarks.cli import float_in, int_at_least
+from benchmarks.cli import float_in, int_at_least, run
 from benchmarks.timing import timed
-from common.errors import ConfigError, InputError
-from common.experiment import RunContext, RunOutput, run_experiment
+from common.experiment import RunContext, RunOutput
 from common.log import get_logger
 from moe.cost_model import EvalOptions
 from moe.migration import expert_weight_bytes, migration
@@ -109,11 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int_at_least(0), default=0)
     args = ap.parse_args(argv)
     config = {"benchmark": "replan", **{k: v for k, v in vars(args).items() if k != "out"}}
-    try:
-        run_experiment(config, "moe", lambda ctx: body(ctx, args.windows, args.drift, args.budget, args.repeats),
-                       run_dir=args.out)  # fmt: skip
-    except (ConfigError, InputError) as exc:  # e.g. more windows than the trace has prompts
-        ap.exit(2, f"error: {exc}\n")
+    run(ap, config, lambda ctx: body(ctx, args.windows, args.drift, args.budget, args.repeats), args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ CASES = [
     (replan.main, ["--drift", "nan"], "argument --drift: expected a number in [0.0, 1.0], got 'nan'"),
     (replan.main, ["--budget", "-1"], "argument --budget: expected an integer >= 0, got '-1'"),
     (layer_model.main, ["--tokens", "1000"], "argument --tokens: expected integers >= 2048, got '1000'"),
+    (layer_model.main, ["--tokens", ""], "argument --tokens: expected at least one token count"),
     (layer_model.main, ["--repeats", "0"], "argument --repeats: expected an integer >= 1, got '0'"),
 ]
 
