@@ -85,11 +85,10 @@ class LayerModel:
 
     def destinations(self, layer: Layer, ex: np.ndarray, src: np.ndarray) -> np.ndarray:
         """int64 ``[k, T]``: the GPU that processes each copy ``ex [k, T]`` under ``layer``'s placement."""
-        held = layer_holders(layer, self.num_experts)
-        if self.options.replica_choice == "even" or held.sum(axis=0).max() == 1:
-            cand, count = even_candidates(held)
-            if cand.shape[1] == 1:
-                return cand[:, 0][ex]
+        cand, count = even_candidates(layer_holders(layer, self.num_experts))
+        if cand.shape[1] == 1:  # no replicas: every rule gives the one holder
+            return cand[:, 0][ex]
+        if self.options.replica_choice == "even":
             return cand.reshape(-1)[ex * cand.shape[1] + self.tok % count[ex]]
         routes = route_table(Placement([layer], num_experts=self.num_experts), self.node_of, "local")
         return routes.choice[0][src, ex, self.tok % routes.count[0][src, ex]]
