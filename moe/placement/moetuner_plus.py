@@ -4,7 +4,8 @@ trace, then a local search that lowers the cost model's modelled MoE-layer time 
 1. Candidates, all with the same memory (at most ``replicas`` extra expert slots per layer): MoETuner with
    hot replicas (stage 1 balances load, stage 2 places clusters for inter-layer locality), EPLB (load only),
    GRACE (grouping by inter-layer affinity under a load cap, then replicas) and ExFlow (fewest cross-GPU
-   consecutive-layer pairs) with hot replicas. Each is replayed on the profiling
+   consecutive-layer pairs) with hot replicas, and across nodes ExFlow with hot replicas kept inside the hot
+   GPU's node (``add_hot_replicas(node_of=...)``). Each is replayed on the profiling
    trace (at most ``search_tokens`` tokens) with the run's topology and ``eval`` rules; the fastest starts.
 2. Local search, layer by layer for ``sweeps`` sweeps: moves that keep every GPU's slot count: swap two
    experts (or replicas) between GPUs (the hottest GPU's experts against the coolest GPUs', best-balancing
@@ -257,8 +258,9 @@ def node_balance_search(
 
 
 def _candidates(problem: PlacementProblem, opts: MoETunerPlus, deadline: Deadline) -> dict[str, Placement]:
-    """The starting placements with ``opts.replicas`` extra slots per layer (EPLB only when it fits), by
-    ``deadline`` (each solver candidate a ``moetuner_share`` of it, at least 0.5 s)."""
+    """The starting placements with ``opts.replicas`` extra slots per layer (EPLB only when it fits; ExFlow
+    with node-local replicas only across nodes), by ``deadline`` (each solver candidate a ``moetuner_share``
+    of it, at least 0.5 s)."""
     g = problem.num_gpus
     left = max(0.5, deadline.left())
     mt = MoETuner(
@@ -275,14 +277,18 @@ def _candidates(problem: PlacementProblem, opts: MoETunerPlus, deadline: Deadlin
     ex = ExFlow(time_limit_s=min(left, opts.moetuner_share * opts.time_limit_s)).place(problem)
     assignment, _ = add_hot_replicas(ex.assignment, problem.load, opts.replicas)
     out["exflow+replicas"] = Placement(assignment, num_experts=problem.num_experts, name="exflow")
+    node_of = problem.topology.node_of() if problem.topology is not None else np.zeros(g, dtype=np.int64)
+    if opts.replicas and len(set(node_of.tolist())) > 1:  # several nodes: copies stay inside a node
+        assignment, _ = add_hot_replicas(ex.assignment, problem.load, opts.replicas, node_of)
+        out["exflow+node_replicas"] = Placement(assignment, num_experts=problem.num_experts, name="exflow")
     return out
 
 
 @schema("placement", "moetuner_plus")
 @dataclass(frozen=True)
 class MoETunerPlus(Placer):
-    """MoETuner+: the best start of MoETuner+replicas / EPLB / GRACE / ExFlow+replicas, then a cost-model
-    local search.
+    """MoETuner+: the best start of MoETuner+replicas / EPLB / GRACE / ExFlow+replicas (and, across nodes,
+    ExFlow with node-local replicas), then a cost-model local search.
 
     Attributes:
         replicas: extra expert slots per layer for every candidate (the YAML: one per EP rank).

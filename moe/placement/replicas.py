@@ -3,7 +3,9 @@
 Per layer, up to ``budget`` extra copies: each step takes the most loaded GPU, and copies its expert with the
 highest load per copy onto the least loaded GPU that does not hold it yet (and has a free extra slot); the
 expert's tokens are then split evenly over its copies. A step is kept only if it lowers that layer's
-maximum GPU load; the layer stops at the first step that does not.
+maximum GPU load; the layer stops at the first step that does not. With ``node_of`` the copy stays on the hot
+GPU's node (as DeepSeek's hierarchical EPLB replicates inside a node): under an even split of an expert's
+tokens over its copies, a copy on another node would send half of them across nodes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 
 def add_hot_replicas(
-    assignment: list[list[list[int]]], load: np.ndarray, budget: int
+    assignment: list[list[list[int]]], load: np.ndarray, budget: int, node_of: np.ndarray | None = None
 ) -> tuple[list[list[list[int]]], np.ndarray]:
     """Add up to ``budget`` replicas per layer, at most ``ceil(budget / G)`` extra experts per GPU.
 
@@ -20,6 +22,7 @@ def add_hot_replicas(
         assignment: ``assignment[l][g]`` expert ids (not modified).
         load: ``P [L, E]`` token copies per expert.
         budget: extra copies per layer (>= 0).
+        node_of: int ``[G]`` node of every GPU; when given, a copy goes only to a GPU of the hot GPU's node.
 
     Returns:
         The new assignment and int64 ``[L]``, the replicas added per layer.
@@ -41,7 +44,13 @@ def add_hot_replicas(
             hot = int(np.argmax(gpu_load))
             best = None
             for e in sorted(layer[hot], key=lambda x: -p[li, x] / copies[x]):
-                targets = [t for t in range(g) if e not in layer[t] and extra[t] < per_gpu]
+                targets = [
+                    t
+                    for t in range(g)
+                    if e not in layer[t]
+                    and extra[t] < per_gpu
+                    and (node_of is None or node_of[t] == node_of[hot])
+                ]
                 if not targets:
                     continue
                 t = min(targets, key=lambda t: (gpu_load[t], t))

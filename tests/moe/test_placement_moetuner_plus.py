@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -11,9 +13,10 @@ from moe.layer_model import LayerModel
 from moe.placement.cluster_moves import group_exchanges, kl_sequence, node_affinity, same_layer_counts
 from moe.placement.deadline import Deadline
 from moe.placement.eplb import eplb
-from moe.placement.moetuner_plus import MoETunerPlus, candidate_moves, cluster_search
+from moe.placement.moetuner_plus import MoETunerPlus, _candidates, candidate_moves, cluster_search
 from moe.placement.placer import PlacementProblem
 from moe.placement.profiled import ProfiledProblem
+from moe.placement.replicas import add_hot_replicas
 from moe.stats import cross_layer_counts, expert_load
 from tests.moe.search_case import TOPO, search_case
 
@@ -138,8 +141,37 @@ def test_moetuner_plus_with_cross_node_moves_starts_from_the_best_candidate(trac
     assert MoETunerPlus().cross_node_sweeps == 1  # on by default
     p = MoETunerPlus(replicas=8, time_limit_s=20, sweeps=1, cross_node_sweeps=1).place(problem)
     info = p.info["search"]
+    assert "exflow+node_replicas" in p.info["start_profile_times_s"]  # two nodes: the node-local candidate
     assert info["cross_node"]["profile_time_before_s"] == min(p.info["start_profile_times_s"].values())
     assert info["profile_time_after_s"] <= info["cross_node"]["profile_time_after_s"]
     assert info["cross_node"]["profile_time_after_s"] <= info["cross_node"]["profile_time_before_s"]
     with pytest.raises(ConfigError, match="cross_node_sweeps"):
         MoETunerPlus(cross_node_sweeps=-1)
+
+
+def test_node_local_replicas_stay_on_the_hot_gpus_node():
+    # GPU loads 11, 6, 2, 2 (nodes 0, 0, 1, 1); GPU 0 is the hottest, expert 0 (load 10) its hottest expert.
+    layer = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    load = np.array([[10.0, 1, 5, 1, 1, 1, 1, 1]])
+    free, _ = add_hot_replicas([layer], load, budget=1)
+    assert free[0][2] == [4, 5, 0]  # the least loaded GPU, on the other node: max load 11 -> 7
+    local, added = add_hot_replicas([layer], load, budget=1, node_of=np.array([0, 0, 1, 1]))
+    # Node 0 only: a copy of expert 0 on GPU 1 gives 6 | 11 (no gain), so expert 1's: 10.5 | 6.5.
+    assert local[0] == [[0, 1], [2, 3, 1], [4, 5], [6, 7]] and added.tolist() == [1]
+
+
+def test_node_local_candidate_only_across_nodes(trace):
+    ex, e = trace
+    one_node = dataclasses.replace(TOPO, name="one", num_nodes=1, gpus_per_node=8, ep_ranks=None)
+    opts = MoETunerPlus(replicas=8, time_limit_s=2)
+    for topo, expected in ((TOPO, True), (one_node, False)):
+        problem = ProfiledProblem.from_trace(ex, e, topo, EvalOptions(batch_tokens=1000), "unordered", 0)
+        starts = _candidates(problem, opts, Deadline.after(2))
+        assert ("exflow+node_replicas" in starts) is expected
+        if expected:
+            node_of = topo.node_of()
+            plain = starts["exflow+replicas"].assignment
+            for layer, base in zip(starts["exflow+node_replicas"].assignment, plain, strict=True):
+                for g, gpu in enumerate(layer):
+                    for x in set(gpu) - set(base[g]):  # an added copy: some GPU of its node held it before
+                        assert any(x in base[h] for h in np.flatnonzero(node_of == node_of[g]))
