@@ -1,5 +1,5 @@
 """MoETuner+ with cluster-level moves across nodes and within-node NIC balancing against ExFlow and the other
-placements, with the cross-node lower bound: ``python -m benchmarks.cross_node [--seeds 0,1,2] [--cap 10]``.
+placements, with the cross-node lower bound: ``python -m benchmarks.cross_node [--seeds 0,1,2,3,4,5] [--cap 10]``.
 
 Setting of ``experiment=moetuner_multi_node`` (``topology=paper_multi_node``: 2 nodes, 4 EP ranks; first
 60k tokens, batches of 2048; every placement given ``--cap`` seconds as the preset's ``placement.time_limit_s``), on
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--seeds",
         type=int_list(0, "seed"),
-        default="0,1,2",
+        default="0,1,2,3,4,5",
         help="comma-separated seeds (profile / evaluation splits)",
     )
     ap.add_argument(
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         help="placement.time_limit_s of every placement",
     )
     ap.add_argument(
-        "--search-tokens", type=int_list(1), default="12288,16384",
+        "--search-tokens", type=int_list(1), default="16384",
         help="comma-separated placement.search_tokens values tried besides the default (steps moetuner_plus_tokensN)",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=OUT, help="run folder for result.json")
