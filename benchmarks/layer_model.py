@@ -1,13 +1,16 @@
 """Speed of the one-layer cost model that the placement searches replay: ``python -m benchmarks.layer_model
-[--tokens 8192,16384] [--repeats 300]``.
+[--tokens 8192,16384,32768] [--repeats 300]``.
 
 Setting of MoETuner+'s cross-node search (``experiment=moetuner_multi_node``: ``paper_multi_node``, batches of
 2,048 tokens, ``even`` replicas, tokens ``follow`` their experts): the first ``--tokens`` tokens of the real
 DeepSeek-V2-Lite trace (the synthetic DeepSeek-V2-Lite-shaped trace when it is absent), an EPLB placement with
 one extra slot per GPU. Per token count, ``LayerModel.time`` against ``full_replay_time`` (the same layer
 through ``evaluate_placement``'s own replay) on every layer, both in this process, alternated, best of three
-rounds of ``--repeats`` calls; the two must agree bit for bit (``*_matches``). Writes
-``results/bench/layer_model/``.
+rounds of ``--repeats`` calls; the two must agree bit for bit (``*_matches``). Then what a search pays per
+move (a swap of two experts between two random GPUs of one layer, a fixed list of moves): the layer and the
+next one replayed whole (``time`` twice, the search before) against the move replayed on the tokens it
+touches (``LayerModel.moved``, then ``shifted`` for the next layer), same numbers bit for bit
+(``*_move_matches``). Writes ``results/bench/layer_model/``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,53 @@ def _same(model: LayerModel, li: int, layer: list[list[int]]) -> bool:
     return t1 == t2 and np.array_equal(p1, p2)
 
 
+def _moves(layers: list, count: int, seed: int = 0) -> list[tuple[int, list[list[int]]]]:
+    """``count`` (layer, new assignment of it) swaps of two experts between two random GPUs of a random layer
+    (not the last one, so that every move has a next layer)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        li = int(rng.integers(len(layers) - 1))
+        new = [list(g) for g in layers[li]]
+        g1, g2 = rng.choice(len(new), size=2, replace=False).tolist()
+        x, y = int(rng.choice(new[g1])), int(rng.choice(new[g2]))
+        if x not in new[g2] and y not in new[g1]:
+            new[g1][new[g1].index(x)], new[g2][new[g2].index(y)] = y, x
+            out.append((li, new))
+    return out
+
+
+def _move_costs(model: LayerModel, layers: list, repeats: int) -> dict[str, float]:
+    """Per move: ms with both layers replayed whole and with the move's tokens only (best of 3 alternated
+    rounds), whether the two agree bit for bit, and the mean share of tokens a move touches."""
+    reps, pos = [], model.start
+    for li, layer in enumerate(layers):
+        reps.append(model.replay(li, layer, pos))
+        pos = reps[-1].nxt
+
+    def whole(li: int, new: list[list[int]]) -> float:
+        t, nxt = model.time(li, new, reps[li - 1].nxt if li else model.start)
+        return t + model.time(li + 1, layers[li + 1], nxt)[0]
+
+    def local(li: int, new: list[list[int]]) -> float:
+        mv = model.moved(li, reps[li], layers[li], new, reps[li - 1].nxt if li else model.start)
+        return mv.time + model.shifted(li + 1, reps[li + 1], mv.tok, reps[li].nxt[mv.tok], mv.nxt).time
+
+    moves = _moves(layers, repeats)
+    same = all(whole(li, new) == local(li, new) for li, new in moves)
+    times: dict[str, list[float]] = {"whole": [], "local": []}
+    for _ in range(3):
+        for key, fn in (("whole", whole), ("local", local)):
+            t0 = time.perf_counter()
+            for li, new in moves:
+                fn(li, new)
+            times[key].append((time.perf_counter() - t0) / len(moves) * 1e3)
+    touched = np.mean([model.moved(li, reps[li], layers[li], new, model.start).tok.size for li, new in moves])
+    w, lo = min(times["whole"]), min(times["local"])
+    return {"move_whole_ms": w, "move_local_ms": lo, "move_speedup": w / lo, "move_matches": float(same),
+            "move_touched_share": float(touched / model.tok.size)}  # fmt: skip
+
+
 def body(ctx: RunContext, token_counts: list[int], repeats: int) -> RunOutput:
     topo = preset("paper_multi_node")
     metrics: dict[str, float] = {}
@@ -81,8 +131,13 @@ def body(ctx: RunContext, token_counts: list[int], repeats: int) -> RunOutput:
             f"tokens{tokens}_speedup": min(full) / min(fast),
             f"tokens{tokens}_matches": float(same),
         }
+        moves = _move_costs(model, layers, repeats)
+        metrics |= {f"tokens{tokens}_{k}": v for k, v in moves.items()}
         print(f"{tokens:6d} tokens: LayerModel.time {min(fast):.3f} ms, full replay {min(full):.3f} ms per call "
-              f"({min(full) / min(fast):.2f}x); bit for bit equal: {same}")  # fmt: skip
+              f"({min(full) / min(fast):.2f}x); bit for bit equal: {same}; per move: both layers whole "
+              f"{moves['move_whole_ms']:.3f} ms, the move's tokens only {moves['move_local_ms']:.3f} ms "
+              f"({moves['move_speedup']:.2f}x, {moves['move_touched_share']:.0%} of the tokens); bit for bit "
+              f"equal: {bool(moves['move_matches'])}")  # fmt: skip
     return RunOutput(metrics=metrics, labels={"trace": name, "topology": topo.name})
 
 
@@ -91,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--tokens",
         type=int_list(2048, "token count"),
-        default="8192,16384",
+        default="8192,16384,32768",
         help="comma-separated token counts",
     )
     ap.add_argument("--repeats", type=int_at_least(1), default=300, help="calls per timed round")

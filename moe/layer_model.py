@@ -11,6 +11,9 @@ computed once per model instead of once per call.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 
 from moe.cost_model import (
@@ -44,6 +47,54 @@ def even_candidates(held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m = int(count.max())
     order = np.argsort(~held, axis=0, kind="stable")[:m].T  # [E, M]: holders first, ascending
     return np.where(np.arange(m)[None, :] < count[:, None], order, -1), count
+
+
+@dataclass(frozen=True)
+class LayerReplay:
+    """One layer's replay (``LayerModel.replay``), kept so that a move can be replayed on the tokens it touches.
+
+    Attributes:
+        dest: int64 ``[k, T]`` GPU of every copy; first: bool ``[k, T]`` the copy is sent (dedupe);
+        nxt: int64 ``[T]`` positions after the layer; load: int64 ``[nb, G]`` copies per batch and GPU;
+        d_cnt, c_cnt: int64 ``[nb, G, G]`` tokens per (batch, from, to) at dispatch and at combine;
+        time: seconds summed over batches (``LayerModel.tail`` of the counts).
+    """
+
+    dest: np.ndarray
+    first: np.ndarray
+    nxt: np.ndarray
+    load: np.ndarray
+    d_cnt: np.ndarray
+    c_cnt: np.ndarray
+    time: float
+
+
+@dataclass(frozen=True)
+class Move:
+    """A layer replayed after a move on the tokens it touches (``LayerModel.moved``): ``tok`` int64 ``[t]``,
+    their ``dest``, ``first`` ``[k, t]`` and ``nxt`` ``[t]``, and the layer's new counts and time."""
+
+    tok: np.ndarray
+    dest: np.ndarray
+    first: np.ndarray
+    nxt: np.ndarray
+    load: np.ndarray
+    d_cnt: np.ndarray
+    c_cnt: np.ndarray
+    time: float
+
+    def applied(self, rep: LayerReplay) -> LayerReplay:
+        """``rep`` with this move taken (new arrays; ``rep`` is unchanged)."""
+        dest, first, nxt = rep.dest.copy(), rep.first.copy(), rep.nxt.copy()
+        dest[:, self.tok], first[:, self.tok], nxt[self.tok] = self.dest, self.first, self.nxt
+        return LayerReplay(dest, first, nxt, self.load, self.d_cnt, self.c_cnt, self.time)
+
+
+def _recount(cnt: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """int64 counts ``cnt`` (any shape) with the keys ``before`` taken out and ``after`` put in."""
+    size = cnt.size
+    delta = np.bincount(after, minlength=size) - np.bincount(before, minlength=size)
+    return cnt + delta.reshape(cnt.shape)
 
 
 class LayerModel:
@@ -83,19 +134,24 @@ class LayerModel:
         self._bg = (self.tok // self.n) * self.g  # [T] first (batch, gpu) key of each token's batch
         self._salt: np.ndarray | None = None  # [T, G] majority tie-break, made on first use
 
-    def destinations(self, layer: Layer, ex: np.ndarray, src: np.ndarray) -> np.ndarray:
-        """int64 ``[k, T]``: the GPU that processes each copy ``ex [k, T]`` under ``layer``'s placement."""
+    def destinations(
+        self, layer: Layer, ex: np.ndarray, src: np.ndarray, tok: np.ndarray | None = None
+    ) -> np.ndarray:
+        """int64 ``[k, t]``: the GPU that processes each copy ``ex [k, t]`` under ``layer``'s placement, for
+        tokens ``tok [t]`` (default: all) positioned at ``src [t]``."""
+        tok = self.tok if tok is None else tok
         cand, count = even_candidates(layer_holders(layer, self.num_experts))
         if cand.shape[1] == 1:  # no replicas: every rule gives the one holder
             return cand[:, 0][ex]
         if self.options.replica_choice == "even":
-            return cand.reshape(-1)[ex * cand.shape[1] + self.tok % count[ex]]
+            return cand.reshape(-1)[ex * cand.shape[1] + tok % count[ex]]
         routes = route_table(Placement([layer], num_experts=self.num_experts), self.node_of, "local")
-        return routes.choice[0][src, ex, self.tok % routes.count[0][src, ex]]
+        return routes.choice[0][src, ex, tok % routes.count[0][src, ex]]
 
-    def next_positions(self, dest: np.ndarray, src: np.ndarray) -> np.ndarray:
-        """int64 ``[T]``: where every token is after the layer (``moe.cost_model.next_positions``'s rules; the
-        majority GPU from per-token copy counts, ties to the largest ``token_hash(token * G + gpu)``)."""
+    def next_positions(self, dest: np.ndarray, src: np.ndarray, tok: np.ndarray | None = None) -> np.ndarray:
+        """int64 ``[t]``: where tokens ``tok`` (default: all) are after the layer (``moe.cost_model
+        .next_positions``'s rules; the majority GPU from per-token copy counts, ties to the largest
+        ``token_hash(token * G + gpu)``)."""
         if self.options.token_movement == "home":
             return src
         if self.slot_order == "score":
@@ -103,25 +159,43 @@ class LayerModel:
         if self._salt is None:
             keys = self.tok[:, None] * self.g + np.arange(self.g)[None, :]
             self._salt = token_hash(keys) >> np.uint64(8)  # < 2**56: counts go above
-        cnt = np.bincount((self.tok * self.g + dest).ravel(), minlength=self.tok.size * self.g)
-        score = (cnt.reshape(-1, self.g).astype(np.uint64) << np.uint64(56)) | self._salt
+        salt = self._salt if tok is None else self._salt[tok]
+        rows = np.arange(salt.shape[0], dtype=np.int64)
+        cnt = np.bincount((rows * self.g + dest).ravel(), minlength=rows.size * self.g)
+        score = (cnt.reshape(-1, self.g).astype(np.uint64) << np.uint64(56)) | salt
         return np.argmax(score, axis=1)
 
-    def time(self, li: int, layer: Layer, src: np.ndarray) -> tuple[float, np.ndarray]:
-        """(seconds summed over batches, positions ``[T]`` after layer ``li``)."""
-        nb, g = self.nb, self.g
-        dest = self.destinations(layer, self.by_layer[li], src)
-        load = np.bincount((self._bg + dest).ravel(), minlength=nb * g).reshape(nb, g)
-        first = _first_copies(dest, self.options.dedupe_dispatch)
-        nxt = self.next_positions(dest, src)
-        kd = ((self._bg + src) * g + dest)[first]  # key (batch, from, to) of every sent copy
-        kc = ((self._bg + dest) * g + nxt)[first]
-        d_cnt = np.bincount(kd, minlength=nb * g * g).reshape(nb, g, g)
-        c_cnt = np.bincount(kc, minlength=nb * g * g).reshape(nb, g, g)
+    def tail(self, load: np.ndarray, d_cnt: np.ndarray, c_cnt: np.ndarray) -> float:
+        """Seconds summed over batches of one layer from its int64 counts: copies per GPU ``load [nb, G]``
+        and tokens per (batch, from, to) at dispatch and combine ``d_cnt``, ``c_cnt [nb, G, G]``."""
         disp = self.fabric.transfer_times(d_cnt).max(axis=(1, 2))
         comb = self.fabric.transfer_times(c_cnt).max(axis=(1, 2))
         tok_tail = (load * self.time_per_token_s).max(axis=1)
-        return float((disp + tok_tail + comb).sum()), nxt
+        return float((disp + tok_tail + comb).sum())
+
+    def _keys(self, tok: np.ndarray, src: np.ndarray, dest: np.ndarray, first: np.ndarray, nxt: np.ndarray):  # noqa: ANN202
+        """(dispatch keys, combine keys, load keys) of tokens ``tok`` (int64 ``[t]``; ``dest``, ``first``
+        ``[k, t]``): (batch, from, to) of every sent copy, (batch, GPU) of every copy."""
+        bg = self._bg[tok]
+        g = self.g
+        return ((bg + src) * g + dest)[first], ((bg + dest) * g + nxt)[first], (bg + dest).ravel()
+
+    def replay(self, li: int, layer: Layer, src: np.ndarray) -> LayerReplay:
+        """Layer ``li`` with ``layer``'s placement from positions ``src [T]``: everything its time is made of."""
+        nb, g = self.nb, self.g
+        dest = self.destinations(layer, self.by_layer[li], src)
+        first = _first_copies(dest, self.options.dedupe_dispatch)
+        nxt = self.next_positions(dest, src)
+        kd, kc, kl = self._keys(self.tok, src, dest, first, nxt)
+        load = np.bincount(kl, minlength=nb * g).reshape(nb, g)
+        d_cnt = np.bincount(kd, minlength=nb * g * g).reshape(nb, g, g)
+        c_cnt = np.bincount(kc, minlength=nb * g * g).reshape(nb, g, g)
+        return LayerReplay(dest, first, nxt, load, d_cnt, c_cnt, self.tail(load, d_cnt, c_cnt))
+
+    def time(self, li: int, layer: Layer, src: np.ndarray) -> tuple[float, np.ndarray]:
+        """(seconds summed over batches, positions ``[T]`` after layer ``li``)."""
+        rep = self.replay(li, layer, src)
+        return rep.time, rep.nxt
 
     def forward(
         self, assignment: list[Layer], first: int = 0, src: np.ndarray | None = None
@@ -134,6 +208,34 @@ class LayerModel:
             times[i], nxt = self.time(first + i, layer, pos[-1])
             pos.append(nxt)
         return times, pos
+
+    def moved(self, li: int, rep: LayerReplay, old: Layer, new: Layer, src: np.ndarray) -> Move:
+        """Layer ``li`` replayed with ``new`` instead of ``old`` (``rep``: its replay with ``old`` from ``src``)
+        on the tokens with a copy of an expert whose holders changed only; needs ``positions_are_local``.
+        Same counts, so the same time bit for bit, as ``replay(li, new, src)``."""
+        changed = (layer_holders(old, self.num_experts) != layer_holders(new, self.num_experts)).any(axis=0)
+        tok = np.flatnonzero(changed[self.by_layer[li]].any(axis=0))
+        ex, s = self.by_layer[li][:, tok], src[tok]
+        dest = self.destinations(new, ex, s, tok)
+        first = _first_copies(dest, self.options.dedupe_dispatch)
+        nxt = self.next_positions(dest, s, tok)
+        before = self._keys(tok, s, rep.dest[:, tok], rep.first[:, tok], rep.nxt[tok])
+        after = self._keys(tok, s, dest, first, nxt)
+        d_cnt, c_cnt, load = (
+            _recount(c, b, a) for c, b, a in zip((rep.d_cnt, rep.c_cnt, rep.load), before, after, strict=True)
+        )
+        return Move(tok, dest, first, nxt, load, d_cnt, c_cnt, self.tail(load, d_cnt, c_cnt))
+
+    def shifted(
+        self, li: int, rep: LayerReplay, tok: np.ndarray, old: np.ndarray, new: np.ndarray
+    ) -> LayerReplay:
+        """Layer ``li``'s replay ``rep`` with tokens ``tok`` entering at ``new`` instead of ``old`` (int64
+        ``[t]``); needs ``positions_are_local`` (the copies' GPUs do not depend on where a token enters)."""
+        dest, first = rep.dest[:, tok], rep.first[:, tok]
+        before = ((self._bg[tok] + old) * self.g + dest)[first]
+        after = ((self._bg[tok] + new) * self.g + dest)[first]
+        d_cnt = _recount(rep.d_cnt, before, after)
+        return dataclasses.replace(rep, d_cnt=d_cnt, time=self.tail(rep.load, d_cnt, rep.c_cnt))
 
     @property
     def positions_are_local(self) -> bool:

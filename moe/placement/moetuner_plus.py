@@ -34,7 +34,7 @@ from common.config import schema
 from common.errors import ConfigError, InputError
 from common.log import get_logger
 from moe.cost_model import EvalOptions
-from moe.layer_model import LayerModel
+from moe.layer_model import LayerModel, LayerReplay
 from moe.placement.base import Layer, Placement, swap_experts
 from moe.placement.cluster_moves import group_exchanges, kl_proposals, same_layer_counts
 from moe.placement.deadline import Deadline
@@ -110,32 +110,41 @@ def _retarget(layer: Layer, load: np.ndarray) -> list[Layer]:
     return out
 
 
-def _accept(
-    model: LayerModel, st: SearchState, li: int, layer: Layer, t_l: float, nxt: np.ndarray, t_n: float
-) -> None:
-    """Take a move: with position-local rules only layers ``li`` and ``li + 1`` change, else replay onward."""
-    st.layers[li] = layer
-    if model.positions_are_local:
-        st.times[li] = t_l
-        if li + 1 < len(st.layers):
-            st.times[li + 1] = t_n
-            st.src[li + 1] = nxt
-        return
-    tail, pos = model.forward(st.layers[li:], li, st.src[li])
-    st.times[li:] = tail
-    st.src[li + 1 :] = pos[1:]
-
-
 def _try(model: LayerModel, st: SearchState, li: int, cand: Layer) -> bool:
     """Take ``cand`` as layer ``li`` when the modelled time of that layer plus the next one drops."""
+    if st.reps is not None:
+        return _try_local(model, st, li, cand)
     num_layers = len(st.layers)
     t_l, nxt = model.time(li, cand, st.src[li])
     old = st.times[li] + (st.times[li + 1] if li + 1 < num_layers else 0.0)
     t_n = model.time(li + 1, st.layers[li + 1], nxt)[0] if li + 1 < num_layers else 0.0
-    if t_l + t_n < old * (1 - 1e-9):
-        _accept(model, st, li, cand, t_l, nxt, t_n)
+    if t_l + t_n < old * (1 - 1e-9):  # kept: the tokens' positions change in every later layer
+        st.layers[li] = cand
+        tail, pos = model.forward(st.layers[li:], li, st.src[li])
+        st.times[li:] = tail
+        st.src[li + 1 :] = pos[1:]
         return True
     return False
+
+
+def _try_local(model: LayerModel, st: SearchState, li: int, cand: Layer) -> bool:
+    """``_try`` with position-local rules (``LayerModel.positions_are_local``): layer ``li`` is replayed on the
+    tokens the move touches only, and the next layer sees only those tokens' new positions; the same times,
+    bit for bit, as replaying both layers whole."""
+    assert st.reps is not None
+    num_layers = len(st.layers)
+    mv = model.moved(li, st.reps[li], st.layers[li], cand, st.src[li])
+    old = st.times[li] + (st.times[li + 1] if li + 1 < num_layers else 0.0)
+    nxt = None
+    if li + 1 < num_layers:
+        nxt = model.shifted(li + 1, st.reps[li + 1], mv.tok, st.src[li + 1][mv.tok], mv.nxt)
+    t_n = nxt.time if nxt is not None else 0.0
+    if not mv.time + t_n < old * (1 - 1e-9):
+        return False
+    st.layers[li], st.reps[li], st.times[li] = cand, mv.applied(st.reps[li]), mv.time
+    if nxt is not None:
+        st.reps[li + 1], st.times[li + 1], st.src[li + 1] = nxt, t_n, st.reps[li].nxt
+    return True
 
 
 def _first_kept(model: LayerModel, st: SearchState, li: int, props: list[Layer]) -> tuple[int, bool]:
@@ -153,12 +162,21 @@ class SearchState:
     layers: list[Layer]
     times: np.ndarray
     src: list[np.ndarray]
+    reps: list[LayerReplay] | None = None  # every layer's replay, with position-local rules
 
     @classmethod
     def of(cls, model: LayerModel, start: Placement) -> SearchState:
-        """``start``'s layers (copied), their times and positions on ``model``."""
-        times, src = model.forward(start.assignment)
-        return cls([[list(g) for g in layer] for layer in start.assignment], times, src)
+        """``start``'s layers (copied), their times and positions on ``model`` (and replays, with
+        position-local rules)."""
+        layers = [[list(g) for g in layer] for layer in start.assignment]
+        if not model.positions_are_local:
+            times, src = model.forward(start.assignment)
+            return cls(layers, times, src)
+        reps, src = [], [model.start]
+        for li, layer in enumerate(layers):
+            reps.append(model.replay(li, layer, src[-1]))
+            src.append(reps[-1].nxt)
+        return cls(layers, np.array([r.time for r in reps]), src, reps)
 
     def result(self, before: float, tried: int, kept: int, num_experts: int) -> tuple[Placement, dict]:
         """The placement reached and a phase's report (profile time before / after, moves tried / kept)."""

@@ -54,3 +54,53 @@ def test_even_candidates_list_holders_in_ascending_order() -> None:
     cand, count = even_candidates(held)
     assert count.tolist() == [1, 1, 3, 1]
     assert cand.tolist() == [[0, -1, -1], [1, -1, -1], [0, 1, 2], [2, -1, -1]]
+
+
+def _replays_equal(a, b) -> None:  # noqa: ANN001
+    for f in ("dest", "first", "nxt", "load", "d_cnt", "c_cnt"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    assert a.time == b.time
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("replicas", [0, 8])
+@pytest.mark.parametrize(
+    "movement,order,dedupe",
+    [("follow", "unordered", True), ("home", "unordered", True), ("follow", "score", False)],
+)
+def test_a_move_replayed_on_the_tokens_it_touches_equals_the_whole_replay(
+    nodes, replicas, movement, order, dedupe
+):
+    t = generate_trace("deepseek_v2_lite", 3000, skew=1.0, affinity=0.9, seed=11)
+    ex, e = t.experts[:, :2].astype(np.int64), t.num_experts
+    topo = _topo(nodes, 4)
+    opts = EvalOptions(
+        batch_tokens=512, token_movement=movement, replica_choice="even", dedupe_dispatch=dedupe
+    )
+    p = eplb(expert_load(ex, e), topo.num_gpus, 4, num_redundant=replicas)
+    model = LayerModel(ex, topo, opts, order, e)
+    assert model.positions_are_local
+    layers = [[list(g) for g in layer] for layer in p.assignment]
+    rep0 = model.replay(0, layers[0], model.start)
+    rep1 = model.replay(1, layers[1], rep0.nxt)
+    rng = np.random.default_rng(0)
+    touched = []
+    for _ in range(12):  # swaps between random GPUs, and (with replicas) one copy turned into another expert
+        new = [list(g) for g in layers[0]]
+        g1, g2 = rng.choice(topo.num_gpus, size=2, replace=False)
+        x, y = int(rng.choice(new[g1])), int(rng.choice(new[g2]))
+        if x in new[g2] or y in new[g1]:
+            continue
+        new[g1][new[g1].index(x)], new[g2][new[g2].index(y)] = y, x
+        copies = layer_holders(new, e).sum(axis=0)
+        spare = [i for i, z in enumerate(new[g2]) if copies[z] > 1]  # a copy whose expert has another one
+        if spare and rng.random() < 0.5:
+            new[g2][spare[0]] = next(z for z in range(e) if z not in new[g2])
+        mv = model.moved(0, rep0, layers[0], new, model.start)
+        whole = model.replay(0, new, model.start)
+        _replays_equal(mv.applied(rep0), whole)
+        _replays_equal(
+            model.shifted(1, rep1, mv.tok, rep0.nxt[mv.tok], mv.nxt), model.replay(1, layers[1], whole.nxt)
+        )
+        touched.append(mv.tok.size / model.tok.size)
+    assert touched and max(touched) < 1.0  # only part of the tokens is replayed
