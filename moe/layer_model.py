@@ -72,22 +72,25 @@ class LayerReplay:
 @dataclass(frozen=True)
 class Move:
     """A layer replayed after a move on the tokens it touches (``LayerModel.moved``): ``tok`` int64 ``[t]``,
-    their ``dest``, ``first`` ``[k, t]`` and ``nxt`` ``[t]``, and the layer's new counts and time."""
+    and ``part``, whose ``dest``, ``first`` ``[k, t]`` and ``nxt`` ``[t]`` are those tokens' and whose counts
+    and time are the whole layer's after the move."""
 
     tok: np.ndarray
-    dest: np.ndarray
-    first: np.ndarray
-    nxt: np.ndarray
-    load: np.ndarray
-    d_cnt: np.ndarray
-    c_cnt: np.ndarray
-    time: float
+    part: LayerReplay
+
+    @property
+    def time(self) -> float:
+        return self.part.time
+
+    @property
+    def nxt(self) -> np.ndarray:
+        return self.part.nxt
 
     def applied(self, rep: LayerReplay) -> LayerReplay:
         """``rep`` with this move taken (new arrays; ``rep`` is unchanged)."""
         dest, first, nxt = rep.dest.copy(), rep.first.copy(), rep.nxt.copy()
-        dest[:, self.tok], first[:, self.tok], nxt[self.tok] = self.dest, self.first, self.nxt
-        return LayerReplay(dest, first, nxt, self.load, self.d_cnt, self.c_cnt, self.time)
+        dest[:, self.tok], first[:, self.tok], nxt[self.tok] = self.part.dest, self.part.first, self.part.nxt
+        return dataclasses.replace(self.part, dest=dest, first=first, nxt=nxt)
 
 
 def _recount(cnt: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -224,7 +227,7 @@ class LayerModel:
         d_cnt, c_cnt, load = (
             _recount(c, b, a) for c, b, a in zip((rep.d_cnt, rep.c_cnt, rep.load), before, after, strict=True)
         )
-        return Move(tok, dest, first, nxt, load, d_cnt, c_cnt, self.tail(load, d_cnt, c_cnt))
+        return Move(tok, LayerReplay(dest, first, nxt, load, d_cnt, c_cnt, self.tail(load, d_cnt, c_cnt)))
 
     def shifted(
         self, li: int, rep: LayerReplay, tok: np.ndarray, old: np.ndarray, new: np.ndarray
