@@ -26,7 +26,8 @@ from benchmarks.cost_model import preset
 from common.experiment import RunContext, RunOutput
 from common.log import get_logger
 from moe.cost_model import EvalOptions
-from moe.layer_model import LayerModel, full_replay_time
+from moe.layer_model import LayerModel, Move, full_replay_time
+from moe.placement.base import swap_experts
 from moe.placement.eplb import eplb
 from moe.stats import expert_load
 from moe.synthetic import generate_trace
@@ -71,33 +72,36 @@ def _moves(layers: list, count: int, seed: int = 0) -> list[tuple[int, list[list
     out = []
     while len(out) < count:
         li = int(rng.integers(len(layers) - 1))
-        new = [list(g) for g in layers[li]]
-        g1, g2 = rng.choice(len(new), size=2, replace=False).tolist()
-        x, y = int(rng.choice(new[g1])), int(rng.choice(new[g2]))
-        if x not in new[g2] and y not in new[g1]:
-            new[g1][new[g1].index(x)], new[g2][new[g2].index(y)] = y, x
-            out.append((li, new))
+        layer = layers[li]
+        g1, g2 = rng.choice(len(layer), size=2, replace=False).tolist()
+        x, y = int(rng.choice(layer[g1])), int(rng.choice(layer[g2]))
+        if x not in layer[g2] and y not in layer[g1]:
+            out.append((li, swap_experts(layer, g1, x, g2, y)))
     return out
 
 
 def _move_costs(model: LayerModel, layers: list, repeats: int) -> dict[str, float]:
     """Per move: ms with both layers replayed whole and with the move's tokens only (best of 3 alternated
     rounds), whether the two agree bit for bit, and the mean share of tokens a move touches."""
-    reps, pos = [], model.start
-    for li, layer in enumerate(layers):
-        reps.append(model.replay(li, layer, pos))
-        pos = reps[-1].nxt
+    reps = model.replays(layers)
+
+    def entry(li: int) -> np.ndarray:  # positions entering layer li
+        return reps[li - 1].nxt if li else model.start
 
     def whole(li: int, new: list[list[int]]) -> float:
-        t, nxt = model.time(li, new, reps[li - 1].nxt if li else model.start)
+        t, nxt = model.time(li, new, entry(li))
         return t + model.time(li + 1, layers[li + 1], nxt)[0]
 
-    def local(li: int, new: list[list[int]]) -> float:
-        mv = model.moved(li, reps[li], layers[li], new, reps[li - 1].nxt if li else model.start)
+    def local_time(li: int, mv: Move) -> float:
         return mv.time + model.shifted(li + 1, reps[li + 1], mv.tok, reps[li].nxt[mv.tok], mv.nxt).time
 
+    def local(li: int, new: list[list[int]]) -> float:
+        return local_time(li, model.moved(li, reps[li], layers[li], new, entry(li)))
+
     moves = _moves(layers, repeats)
-    same = all(whole(li, new) == local(li, new) for li, new in moves)
+    once = [(li, new, model.moved(li, reps[li], layers[li], new, entry(li))) for li, new in moves]
+    same = all(whole(li, new) == local_time(li, mv) for li, new, mv in once)
+    touched = np.mean([mv.tok.size for _, _, mv in once])
     times: dict[str, list[float]] = {"whole": [], "local": []}
     for _ in range(3):
         for key, fn in (("whole", whole), ("local", local)):
@@ -105,7 +109,6 @@ def _move_costs(model: LayerModel, layers: list, repeats: int) -> dict[str, floa
             for li, new in moves:
                 fn(li, new)
             times[key].append((time.perf_counter() - t0) / len(moves) * 1e3)
-    touched = np.mean([model.moved(li, reps[li], layers[li], new, model.start).tok.size for li, new in moves])
     w, lo = min(times["whole"]), min(times["local"])
     return {"move_whole_ms": w, "move_local_ms": lo, "move_speedup": w / lo, "move_matches": float(same),
             "move_touched_share": float(touched / model.tok.size)}  # fmt: skip

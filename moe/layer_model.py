@@ -26,10 +26,8 @@ from moe.cost_model import (
     route_table,
     token_hash,
 )
-from moe.placement.base import Placement
+from moe.placement.base import Layer, Placement
 from moe.topology import Topology
-
-Layer = list[list[int]]
 
 
 def layer_holders(layer: Layer, num_experts: int) -> np.ndarray:
@@ -176,12 +174,21 @@ class LayerModel:
         tok_tail = (load * self.time_per_token_s).max(axis=1)
         return float((disp + tok_tail + comb).sum())
 
-    def _keys(self, tok: np.ndarray, src: np.ndarray, dest: np.ndarray, first: np.ndarray, nxt: np.ndarray):  # noqa: ANN202
+    def _dispatch_keys(
+        self, tok: np.ndarray, src: np.ndarray, dest: np.ndarray, first: np.ndarray
+    ) -> np.ndarray:
+        """(batch, from, to) key of every sent copy of tokens ``tok`` (int64 ``[t]``, entering at ``src [t]``;
+        ``dest``, ``first`` ``[k, t]``)."""
+        return ((self._bg[tok] + src) * self.g + dest)[first]
+
+    def _keys(
+        self, tok: np.ndarray, src: np.ndarray, dest: np.ndarray, first: np.ndarray, nxt: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(dispatch keys, combine keys, load keys) of tokens ``tok`` (int64 ``[t]``; ``dest``, ``first``
         ``[k, t]``): (batch, from, to) of every sent copy, (batch, GPU) of every copy."""
         bg = self._bg[tok]
-        g = self.g
-        return ((bg + src) * g + dest)[first], ((bg + dest) * g + nxt)[first], (bg + dest).ravel()
+        kd = self._dispatch_keys(tok, src, dest, first)
+        return kd, ((bg + dest) * self.g + nxt)[first], (bg + dest).ravel()
 
     def replay(self, li: int, layer: Layer, src: np.ndarray) -> LayerReplay:
         """Layer ``li`` with ``layer``'s placement from positions ``src [T]``: everything its time is made of."""
@@ -199,6 +206,14 @@ class LayerModel:
         """(seconds summed over batches, positions ``[T]`` after layer ``li``)."""
         rep = self.replay(li, layer, src)
         return rep.time, rep.nxt
+
+    def replays(self, assignment: list[Layer]) -> list[LayerReplay]:
+        """Every layer's replay (``replay``), each from the positions the one before leaves (the first from the
+        start layout)."""
+        out: list[LayerReplay] = []
+        for li, layer in enumerate(assignment):
+            out.append(self.replay(li, layer, out[-1].nxt if out else self.start))
+        return out
 
     def forward(
         self, assignment: list[Layer], first: int = 0, src: np.ndarray | None = None
@@ -235,8 +250,7 @@ class LayerModel:
         """Layer ``li``'s replay ``rep`` with tokens ``tok`` entering at ``new`` instead of ``old`` (int64
         ``[t]``); needs ``positions_are_local`` (the copies' GPUs do not depend on where a token enters)."""
         dest, first = rep.dest[:, tok], rep.first[:, tok]
-        before = ((self._bg[tok] + old) * self.g + dest)[first]
-        after = ((self._bg[tok] + new) * self.g + dest)[first]
+        before, after = (self._dispatch_keys(tok, src, dest, first) for src in (old, new))
         d_cnt = _recount(rep.d_cnt, before, after)
         return dataclasses.replace(rep, d_cnt=d_cnt, time=self.tail(rep.load, d_cnt, rep.c_cnt))
 

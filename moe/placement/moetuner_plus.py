@@ -172,11 +172,8 @@ class SearchState:
         if not model.positions_are_local:
             times, src = model.forward(start.assignment)
             return cls(layers, times, src)
-        reps, src = [], [model.start]
-        for li, layer in enumerate(layers):
-            reps.append(model.replay(li, layer, src[-1]))
-            src.append(reps[-1].nxt)
-        return cls(layers, np.array([r.time for r in reps]), src, reps)
+        reps = model.replays(layers)
+        return cls(layers, np.array([r.time for r in reps]), [model.start, *(r.nxt for r in reps)], reps)
 
     def result(self, before: float, tried: int, kept: int, num_experts: int) -> tuple[Placement, dict]:
         """The placement reached and a phase's report (profile time before / after, moves tried / kept)."""
@@ -275,7 +272,7 @@ def node_balance_search(
     return st.result(before, tried, kept, start.num_experts)
 
 
-def _candidates(problem: PlacementProblem, opts: MoETunerPlus, deadline: Deadline) -> dict[str, Placement]:
+def _candidates(problem: ProfiledProblem, opts: MoETunerPlus, deadline: Deadline) -> dict[str, Placement]:
     """The starting placements with ``opts.replicas`` extra slots per layer (EPLB only when it fits; ExFlow
     with node-local replicas only across nodes), by ``deadline`` (each solver candidate a ``moetuner_share``
     of it, at least 0.5 s)."""
@@ -295,7 +292,7 @@ def _candidates(problem: PlacementProblem, opts: MoETunerPlus, deadline: Deadlin
     ex = ExFlow(time_limit_s=min(left, opts.moetuner_share * opts.time_limit_s)).place(problem)
     assignment, _ = add_hot_replicas(ex.assignment, problem.load, opts.replicas)
     out["exflow+replicas"] = Placement(assignment, num_experts=problem.num_experts, name="exflow")
-    node_of = problem.topology.node_of() if problem.topology is not None else np.zeros(g, dtype=np.int64)
+    node_of = problem.topology.node_of()
     if opts.replicas and len(set(node_of.tolist())) > 1:  # several nodes: copies stay inside a node
         assignment, _ = add_hot_replicas(ex.assignment, problem.load, opts.replicas, node_of)
         out["exflow+node_replicas"] = Placement(assignment, num_experts=problem.num_experts, name="exflow")
